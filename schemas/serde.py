@@ -1,0 +1,131 @@
+"""Avro in the Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary.
+
+Decoding resolves the writer's schema (fetched by id, parsed once and cached) against the reader
+schema the pipeline expects, so producers can evolve compatibly without redeploying the pipeline.
+Every failure raises a ``SerdeError`` subclass with a stable ``code`` that becomes the
+dead-letter ``error_code``.
+"""
+
+import io
+import json
+import struct
+from typing import Any, Mapping, Optional
+
+import fastavro
+from fastavro.read import SchemaResolutionError as _FastavroResolutionError
+
+from schemas.registry import SchemaNotFoundError, SchemaRegistry
+
+MAGIC_BYTE = 0
+_HEADER = struct.Struct(">BI")
+
+
+class SerdeError(ValueError):
+    """A record that cannot be encoded or decoded; ``code`` is stable, the message is detail."""
+
+    code = "serde_error"
+
+
+class BadMagicByteError(SerdeError):
+    code = "bad_magic_byte"
+
+
+class TruncatedRecordError(SerdeError):
+    code = "truncated_record"
+
+
+class UnknownSchemaIdError(SerdeError):
+    code = "unknown_schema_id"
+
+
+class RegistryUnavailableError(SerdeError):
+    code = "registry_unavailable"
+
+
+class SchemaResolutionError(SerdeError):
+    code = "schema_resolution_failed"
+
+
+class MalformedAvroError(SerdeError):
+    code = "malformed_avro"
+
+
+class EncodeError(SerdeError):
+    code = "encode_failed"
+
+
+class ConfluentAvroSerde:
+    """Encodes and decodes one record type in the Confluent wire format.
+
+    ``schema`` (plain Avro JSON) is the reader schema for decoding and the writer schema for
+    encoding; it is registered under ``subject`` on the first encode and its id is cached.
+    """
+
+    def __init__(self, registry: SchemaRegistry, schema: Mapping[str, Any], subject: Optional[str] = None):
+        self._registry = registry
+        self._schema_str = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+        self._reader_schema = fastavro.parse_schema(schema)
+        self._subject = subject
+        self._writer_schemas: dict[int, Any] = {}
+        self._own_schema_id: Optional[int] = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_writer_schemas"] = {}
+        return state
+
+    def _writer_schema(self, schema_id: int) -> Any:
+        parsed = self._writer_schemas.get(schema_id)
+        if parsed is None:
+            try:
+                text = self._registry.schema_by_id(schema_id)
+            except SchemaNotFoundError as err:
+                raise UnknownSchemaIdError(str(err)) from err
+            except Exception as err:  # network, auth, 5xx: not the record's fault, but never fatal here
+                raise RegistryUnavailableError(f"registry lookup of schema id {schema_id} failed: {err}") from err
+            try:
+                parsed = fastavro.parse_schema(json.loads(text))
+            except Exception as err:
+                raise SchemaResolutionError(f"writer schema id {schema_id} is not valid Avro: {err}") from err
+            self._writer_schemas[schema_id] = parsed
+        return parsed
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """Decode one framed record into a dict shaped by the reader schema."""
+        if len(data) < _HEADER.size:
+            raise TruncatedRecordError(f"{len(data)} bytes is shorter than the 5-byte Confluent header")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != MAGIC_BYTE:
+            raise BadMagicByteError(f"magic byte is {magic:#04x}, expected 0x00 (not Confluent Avro framing)")
+        writer = self._writer_schema(schema_id)
+        payload = io.BytesIO(data[_HEADER.size:])
+        try:
+            record = fastavro.schemaless_reader(payload, writer, self._reader_schema)
+        except _FastavroResolutionError as err:
+            raise SchemaResolutionError(f"writer schema id {schema_id} cannot be read as the reader schema: {err}") from err
+        except (EOFError, StopIteration) as err:
+            raise TruncatedRecordError(f"Avro payload ended early for schema id {schema_id}") from err
+        except Exception as err:
+            raise MalformedAvroError(f"Avro payload does not match writer schema id {schema_id}: {err!r}") from err
+        trailing = len(data) - _HEADER.size - payload.tell()
+        if trailing:
+            raise MalformedAvroError(f"{trailing} unread bytes after the record (schema id {schema_id})")
+        return record
+
+    def schema_id(self) -> int:
+        """The registry id of this serde's schema, registered under its subject on first use."""
+        if self._own_schema_id is None:
+            if not self._subject:
+                raise EncodeError("encoding needs a subject to register the schema under")
+            self._own_schema_id = self._registry.register(self._subject, self._schema_str)
+        return self._own_schema_id
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Frame ``record`` (a dict in this serde's schema) with the registered schema id."""
+        out = io.BytesIO()
+        out.write(_HEADER.pack(MAGIC_BYTE, self.schema_id()))
+        try:
+            fastavro.schemaless_writer(out, self._reader_schema, record)
+        except Exception as err:
+            raise EncodeError(f"record does not fit schema {self._subject}: {err!r}") from err
+        return out.getvalue()

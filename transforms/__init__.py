@@ -1,0 +1,1 @@
+"""Beam PTransforms of the clickstream pipeline; each module exposes one public composite."""
