@@ -6,7 +6,6 @@ binary coder, so shuffles and Flink state never fall back to pickling (see
 names; timestamps are ``int`` epoch milliseconds inside the pipeline.
 """
 
-
 import datetime as dt
 import typing
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
@@ -131,8 +130,8 @@ for _record_type in RECORD_TYPES:
 
 
 def _millis(value: dt.datetime) -> int:
-    return int(value.timestamp() * 1000) if value.tzinfo else int(
-        value.replace(tzinfo=dt.timezone.utc).timestamp() * 1000
+    return (
+        int(value.timestamp() * 1000) if value.tzinfo else int(value.replace(tzinfo=dt.UTC).timestamp() * 1000)
     )
 
 
@@ -164,3 +163,14 @@ def from_avro(cls: type, data: Mapping[str, Any]) -> Any:
             value = list(value)
         values[name] = value
     return cls(**values)
+
+
+class SourcedEvent(NamedTuple):
+    """A decoded event with the record it came from, so a later rejection can dead-letter the original bytes."""
+
+    event: ClickEvent
+    source: KafkaRecord
+
+
+beam.coders.registry.register_coder(SourcedEvent, beam.coders.RowCoder)
+RECORD_TYPES = (*RECORD_TYPES, SourcedEvent)

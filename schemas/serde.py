@@ -98,11 +98,13 @@ class ConfluentAvroSerde:
         if magic != MAGIC_BYTE:
             raise BadMagicByteError(f"magic byte is {magic:#04x}, expected 0x00 (not Confluent Avro framing)")
         writer = self._writer_schema(schema_id)
-        payload = io.BytesIO(data[_HEADER.size:])
+        payload = io.BytesIO(data[_HEADER.size :])
         try:
             record = fastavro.schemaless_reader(payload, writer, self._reader_schema)
         except _FastavroResolutionError as err:
-            raise SchemaResolutionError(f"writer schema id {schema_id} cannot be read as the reader schema: {err}") from err
+            raise SchemaResolutionError(
+                f"writer schema id {schema_id} cannot be read as the reader schema: {err}"
+            ) from err
         except (EOFError, StopIteration) as err:
             raise TruncatedRecordError(f"Avro payload ended early for schema id {schema_id}") from err
         except Exception as err:

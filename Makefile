@@ -1,0 +1,47 @@
+# Clickstream pipeline: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUNNER ?= direct
+EVENTS ?= 3000
+SEED ?= 7
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-unit lint run bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: setup.py pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/.installed ## Create the venv and install the project (idempotent)
+
+test: setup ## Run the whole test suite
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+test-unit: setup ## Run the DirectRunner unit tests only
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## Lint and check formatting with ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+run: setup ## Run the pipeline (RUNNER=direct: generated sample on the DirectRunner; EVENTS=, SEED=)
+ifeq ($(RUNNER),direct)
+	$(BIN)/python -m beam_pipelines.clickstream --profile direct --sample-events $(EVENTS) --seed $(SEED)
+else
+	@echo "RUNNER=$(RUNNER) is not available yet: the Flink profile needs the local stack (see README)" >&2; exit 2
+endif
+
+bench: setup ## Print the coder benchmark table
+	$(BIN)/python -m benchmarks.coders
+
+clean: ## Remove the venv, run outputs and caches
+	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

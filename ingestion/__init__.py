@@ -1,0 +1,1 @@
+"""Ingestion side: event generation and (later) the publishing service."""

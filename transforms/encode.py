@@ -1,0 +1,62 @@
+"""Output edge, Python half: typed records -> (key, Confluent Avro value) for KafkaIO or a test sink.
+
+Keys are chosen per output for compaction and ordering: user id for events and sessions, the
+window key for metrics, so a compacted topic keeps the latest pane of each window.
+"""
+
+import json
+from typing import Any, Callable, NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from schemas.records import DeadLetter, OutputRecord, to_avro
+from schemas.serde import ConfluentAvroSerde, SerdeError
+from transforms.dead_letters import dead_letter
+from transforms.outputs import typed
+from transforms.stage_metrics import counter
+
+STAGE = "encode"
+_DEAD = "dead_letters"
+
+KeyFn = Callable[[Any], Optional[str]]
+
+
+class EncodeResult(NamedTuple):
+    records: beam.PCollection  # PCollection[OutputRecord]
+    dead_letters: beam.PCollection  # PCollection[DeadLetter]
+
+
+class _EncodeFn(beam.DoFn):
+    def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str):
+        self._serde = serde
+        self._key_fn = key_fn
+        self._output = output
+
+    def process(self, element: Any):
+        try:
+            value = self._serde.encode(to_avro(element))
+        except SerdeError as err:
+            counter(STAGE, f"{self._output}_dead_letter").inc()
+            original = json.dumps(to_avro(element), default=repr).encode()
+            yield pvalue.TaggedOutput(_DEAD, dead_letter(STAGE, err.code, f"output {self._output}: {err}", original))
+            return
+        key = self._key_fn(element)
+        counter(STAGE, f"{self._output}_ok").inc()
+        yield OutputRecord(key.encode() if key is not None else None, value)
+
+
+class EncodeRecords(beam.PTransform):
+    """Encodes records of one output; returns ``EncodeResult(records, dead_letters)``."""
+
+    def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str):
+        super().__init__()
+        self._serde = serde
+        self._key_fn = key_fn
+        self._output = output
+
+    def expand(self, records: beam.PCollection):  # -> EncodeResult
+        results = records | "EncodeConfluentAvro" >> beam.ParDo(
+            _EncodeFn(self._serde, self._key_fn, self._output)
+        ).with_outputs(_DEAD, main="records")
+        return EncodeResult(typed(results.records, OutputRecord), typed(results[_DEAD], DeadLetter))

@@ -1,0 +1,78 @@
+"""Content-based routing: one multi-output ParDo sends each event to every route whose rule matches.
+
+Routes are configuration (name + conditions), so adding an output is a settings change. An event
+may match several routes; one that matches none goes to the default route, so nothing vanishes.
+"""
+
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam import pvalue
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.records import EnrichedEvent
+from transforms.outputs import typed
+from transforms.stage_metrics import counter
+
+STAGE = "route"
+
+
+class RouteRule(BaseModel):
+    """A route and its conditions; all given conditions must hold, an unconditional rule matches everything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Route (and output) name.")
+    event_types: Optional[frozenset[str]] = Field(None, description="Match only these event types.")
+    min_amount_minor: Optional[int] = Field(None, ge=0, description="Match events with amount_minor >= this.")
+    countries: Optional[frozenset[str]] = Field(None, description="Match only these countries.")
+    enrichment_statuses: Optional[frozenset[str]] = Field(None, description="Match only these enrichment statuses.")
+
+    def matches(self, enriched: EnrichedEvent) -> bool:
+        event = enriched.event
+        if self.event_types is not None and event.event_type not in self.event_types:
+            return False
+        if self.min_amount_minor is not None and (event.amount_minor or 0) < self.min_amount_minor:
+            return False
+        if self.countries is not None and event.country not in self.countries:
+            return False
+        return self.enrichment_statuses is None or enriched.enrichment_status in self.enrichment_statuses
+
+
+class _RouteFn(beam.DoFn):
+    def __init__(self, rules: tuple[RouteRule, ...], default_route: str):
+        self._rules = rules
+        self._default = default_route
+
+    def process(self, enriched: EnrichedEvent):
+        matched = False
+        for rule in self._rules:
+            if rule.matches(enriched):
+                matched = True
+                counter(STAGE, rule.name).inc()
+                yield pvalue.TaggedOutput(rule.name, enriched)
+        if not matched:
+            counter(STAGE, self._default).inc()
+            yield pvalue.TaggedOutput(self._default, enriched)
+
+
+class RouteEvents(beam.PTransform):
+    """Routes enriched events; returns ``{route name: PCollection[EnrichedEvent]}`` incl. the default route."""
+
+    def __init__(self, rules: list[RouteRule] | tuple[RouteRule, ...], default_route: str):
+        super().__init__()
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route names must be unique, got {names}")
+        if default_route in names:
+            raise ValueError(f"default route {default_route!r} must not also be a rule")
+        self._rules = tuple(rules)
+        self._default = default_route
+
+    def route_names(self) -> list[str]:
+        return [r.name for r in self._rules] + [self._default]
+
+    def expand(self, events: beam.PCollection) -> dict[str, beam.PCollection]:
+        names = self.route_names()
+        results = events | "RouteByContent" >> beam.ParDo(_RouteFn(self._rules, self._default)).with_outputs(*names)
+        return {name: typed(results[name], EnrichedEvent) for name in names}
