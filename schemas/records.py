@@ -7,6 +7,7 @@ names; timestamps are ``int`` epoch milliseconds inside the pipeline.
 """
 
 import datetime as dt
+import functools
 import typing
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
@@ -129,10 +130,13 @@ for _record_type in RECORD_TYPES:
     beam.coders.registry.register_coder(_record_type, beam.coders.RowCoder)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_ONE_MS = dt.timedelta(milliseconds=1)
+
+
 def _millis(value: dt.datetime) -> int:
-    return (
-        int(value.timestamp() * 1000) if value.tzinfo else int(value.replace(tzinfo=dt.UTC).timestamp() * 1000)
-    )
+    """Exact epoch millis (integer arithmetic: ``timestamp() * 1000`` loses a millisecond to float rounding)."""
+    return ((value if value.tzinfo else value.replace(tzinfo=dt.UTC)) - _EPOCH) // _ONE_MS
 
 
 def to_avro(record: Any) -> Any:
@@ -146,15 +150,21 @@ def to_avro(record: Any) -> Any:
     return record
 
 
+@functools.cache
+def _field_types(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(field name, type with Optional unwrapped) per field, computed once per class."""
+    fields = []
+    for name, target in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(target) if a is not type(None)]
+        fields.append((name, args[0] if typing.get_origin(target) is typing.Union and len(args) == 1 else target))
+    return tuple(fields)
+
+
 def from_avro(cls: type, data: Mapping[str, Any]) -> Any:
     """Build ``cls`` from a decoded Avro dict; missing optional fields become None."""
-    hints = typing.get_type_hints(cls)
     values = {}
-    for name in cls._fields:
+    for name, inner in _field_types(cls):
         value = data.get(name)
-        target = hints[name]
-        args = [a for a in typing.get_args(target) if a is not type(None)]
-        inner = args[0] if typing.get_origin(target) is typing.Union and len(args) == 1 else target
         if isinstance(value, dt.datetime):
             value = _millis(value)
         elif value is not None and hasattr(inner, "_fields"):

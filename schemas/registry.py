@@ -50,6 +50,8 @@ class ConfluentRegistry:
     """A Confluent REST registry, via ``confluent_kafka.schema_registry.SchemaRegistryClient``."""
 
     def __init__(self, url: str, basic_auth: Optional[str] = None) -> None:
+        import confluent_kafka.schema_registry  # noqa: F401  fail at launch, not per record, if extras are missing
+
         self._conf = {"url": url}
         if basic_auth:
             self._conf["basic.auth.user.info"] = basic_auth

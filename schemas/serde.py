@@ -105,9 +105,10 @@ class ConfluentAvroSerde:
             raise SchemaResolutionError(
                 f"writer schema id {schema_id} cannot be read as the reader schema: {err}"
             ) from err
-        except (EOFError, StopIteration) as err:
-            raise TruncatedRecordError(f"Avro payload ended early for schema id {schema_id}") from err
         except Exception as err:
+            # fastavro signals a cut payload as EOFError, StopIteration or IndexError, depending on the field.
+            if isinstance(err, (EOFError, StopIteration)) or payload.tell() >= len(data) - _HEADER.size:
+                raise TruncatedRecordError(f"Avro payload ended early for schema id {schema_id}") from err
             raise MalformedAvroError(f"Avro payload does not match writer schema id {schema_id}: {err!r}") from err
         trailing = len(data) - _HEADER.size - payload.tell()
         if trailing:

@@ -25,9 +25,7 @@ def test_valid_records_decode_with_event_time_timestamps(raw_writer, reader):
         timestamps = result.events | beam.Map(
             lambda s, ts=beam.DoFn.TimestampParam: (s.event.event_id, s.source.offset, int(ts.micros // 1000))
         )
-        assert_that(
-            timestamps, equal_to([(e.event_id, i, e.event_time) for i, e in enumerate(events)]), label="events"
-        )
+        assert_that(timestamps, equal_to([(e.event_id, i, e.event_time) for i, e in enumerate(events)]), label="events")
         assert_that(result.dead_letters, equal_to([]), label="no_dead_letters")
 
 
@@ -35,7 +33,12 @@ def test_each_malformed_input_is_dead_lettered_with_its_reason(registry, raw_wri
     good = frame(raw_writer, make_event())
     incompatible = ConfluentAvroSerde(
         registry,
-        {"type": "record", "name": "ClickEvent", "namespace": "clickstream.events", "fields": [{"name": "user_id", "type": "int"}]},
+        {
+            "type": "record",
+            "name": "ClickEvent",
+            "namespace": "clickstream.events",
+            "fields": [{"name": "user_id", "type": "int"}],
+        },
         "other-value",
     ).encode({"user_id": 5})
     cases = {
@@ -45,7 +48,8 @@ def test_each_malformed_input_is_dead_lettered_with_its_reason(registry, raw_wri
         "unknown_id": (b"\x00" + struct.pack(">I", 4242) + good[5:], "unknown_schema_id"),
         "unresolvable": (incompatible, "schema_resolution_failed"),
         "trailing_garbage": (good + b"\xff\xff", "malformed_avro"),
-        "garbage": (b"\x00" + struct.pack(">I", 1) + b"\xff" * 30, "malformed_avro"),
+        "bad_enum_index": (b"\x00" + struct.pack(">I", 1) + b"\x02x\xc6\x01" + b"\x00" * 30, "malformed_avro"),
+        "endless_varint": (b"\x00" + struct.pack(">I", 1) + b"\xff" * 30, "truncated_record"),
     }
     records = [kafka_record(value, offset=i) for i, (value, _) in enumerate(cases.values())]
     expected = [(i, code, value) for i, (value, code) in enumerate(cases.values())]

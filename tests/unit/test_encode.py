@@ -1,0 +1,28 @@
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.catalog import schema_json
+from schemas.records import EnrichedEvent, from_avro
+from schemas.serde import ConfluentAvroSerde
+from tests.unit.conftest import batch_options, make_event
+from transforms.encode import EncodeRecords
+
+
+def test_records_are_framed_and_keyed_and_misfits_are_dead_lettered(registry):
+    serde = ConfluentAvroSerde(registry, schema_json("enriched_event"), "enriched-value")
+    serde.schema_id()  # register before the serde is pickled to workers (as build_pipeline does)
+    good = [
+        EnrichedEvent(make_event(event_id=f"e{i}", user_id=f"u{i}"), None, None, "not_enriched", ["x"]) for i in (1, 2)
+    ]
+    misfit = EnrichedEvent(make_event(event_id="bad"), None, None, "half_done", [])  # not an EnrichmentStatus symbol
+
+    with TestPipeline(options=batch_options()) as p:
+        result = p | beam.Create([*good, misfit]) | EncodeRecords(serde, lambda e: e.event.user_id, "enriched")
+        decoded = result.records | beam.Map(lambda r: (r.key, from_avro(EnrichedEvent, serde.decode(r.value))))
+        assert_that(decoded, equal_to([(e.event.user_id.encode(), e) for e in good]), label="encoded")
+        assert_that(
+            result.dead_letters | beam.Map(lambda d: (d.stage, d.error_code, b"half_done" in d.original)),
+            equal_to([("encode", "encode_failed", True)]),
+            label="dead",
+        )

@@ -1,0 +1,556 @@
+"""Enrich: join each click event with its user profile and product from async lookup stores.
+
+Lookups are I/O bound and their latency belongs to someone else's database, so they run as coroutines
+under Beam's ``AsyncWrapper`` (``use_asyncio=True``): the bundle thread only schedules work and many
+lookups wait concurrently. Every lookup is bounded (timeout, retries with capped backoff) and degrades
+instead of failing: the event goes on marked ``partial`` / ``not_enriched`` with the precise reasons,
+so a slow or broken store costs enrichment quality, never throughput or a stuck pipeline.
+
+Three things about ``AsyncWrapper`` shape this module (measured on Beam 2.76):
+- it emits results from a REAL_TIME timer, whose wall-clock timestamp replaces event time; the wrapped
+  DoFn therefore re-emits each result with the input element's own timestamp (carried in the keyed value);
+- coroutines run on a shared event-loop thread where Beam metrics are silently dropped (metrics are
+  thread-local to the bundle), so lookups return their counts and a plain DoFn after the wrapper
+  records them;
+- it needs ``(key, value)`` input and a hashable id per element: elements are keyed by ``user_id`` and
+  tracked by an id minted per element (see ``_Pending``).
+"""
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, NamedTuple, Optional, Protocol, TypeVar, runtime_checkable
+
+import apache_beam as beam
+from apache_beam.transforms.async_dofn import AsyncWrapper
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.records import ClickEvent, EnrichedEvent, Product, UserProfile
+from transforms.stage_metrics import counter, distribution
+
+STAGE = "enrich"
+
+STATUS_ENRICHED = "enriched"
+STATUS_PARTIAL = "partial"
+STATUS_NOT_ENRICHED = "not_enriched"
+STATUSES = (STATUS_ENRICHED, STATUS_PARTIAL, STATUS_NOT_ENRICHED)
+
+# Per-lookup counts carried out of the event loop (see module docstring); each becomes counter "enrich_<name>".
+LOOKUP_COUNTS = (
+    "lookups",  # lookups needed (1 or 2 per event)
+    "cache_hits",  # answered by the per-worker cache (found or not-found entries)
+    "coalesced",  # answered by joining an identical lookup already in flight
+    "store_calls",  # calls to a handler, retries included
+    "retries",  # calls beyond the first for one lookup
+    "not_found",  # lookups whose answer is "no such record"
+    "timeouts",  # lookups that still timed out after all retries
+    "failures",  # lookups that still failed after all retries (or returned a wrong type)
+    "internal_errors",  # bugs caught by the last-resort guard; the event is emitted not_enriched
+)
+
+_MAX_REASON_CHARS = 300
+_LOG = logging.getLogger(__name__)
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class EnrichmentConfig(BaseModel):
+    """Bounds for the lookups; the defaults aim at sub-second added latency with a healthy store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_in_flight: int = Field(
+        200,
+        ge=1,
+        description="Events whose lookups may run at once per worker process (AsyncWrapper's buffer); "
+        "beyond it the bundle waits, which is the back-pressure on a slow store.",
+    )
+    callback_frequency_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="How often finished lookups are committed downstream (AsyncWrapper's timer); "
+        "it adds up to twice this much latency. Fractions of a second are fine.",
+    )
+    lookup_timeout_seconds: float = Field(0.5, gt=0, description="Deadline for one call to a lookup handler.")
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Extra attempts after a failed or timed-out call; not-found is never retried."
+    )
+    initial_backoff_seconds: float = Field(
+        0.05, ge=0, description="Wait before the first retry; doubled for each further retry."
+    )
+    max_backoff_seconds: float = Field(1.0, ge=0, description="Upper bound for the wait between retries.")
+    cache_max_entries: int = Field(
+        100_000,
+        ge=0,
+        description="Entries per lookup kind in the per-worker LRU cache (least recently used evicted); 0 disables it.",
+    )
+    cache_ttl_seconds: float = Field(300.0, gt=0, description="How long a found record is served from the cache.")
+    cache_not_found_ttl_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long a not-found answer is cached, shorter so new users/products appear soon; 0 disables.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EnrichmentConfig":
+        if self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError(
+                f"max_backoff_seconds ({self.max_backoff_seconds}) must be >= initial_backoff_seconds "
+                f"({self.initial_backoff_seconds})"
+            )
+        if self.cache_not_found_ttl_seconds > self.cache_ttl_seconds:
+            raise ValueError(
+                f"cache_not_found_ttl_seconds ({self.cache_not_found_ttl_seconds}) must be <= cache_ttl_seconds "
+                f"({self.cache_ttl_seconds})"
+            )
+        return self
+
+    def backoff_seconds(self, retry: int) -> float:
+        """Wait before retry number ``retry`` (1-based): exponential, capped."""
+        return min(self.initial_backoff_seconds * 2 ** (retry - 1), self.max_backoff_seconds)
+
+    @property
+    def worst_case_lookup_seconds(self) -> float:
+        """Longest one lookup can take: every attempt times out and every backoff is waited."""
+        attempts = self.max_retries + 1
+        return attempts * self.lookup_timeout_seconds + sum(self.backoff_seconds(r) for r in range(1, attempts))
+
+
+@runtime_checkable
+class LookupHandler(Protocol[R_co]):
+    """A keyed store the enrichment reads from (PostgreSQL, Redis, an HTTP service, memory).
+
+    Contract: picklable, because it is shipped to workers inside the DoFn, so open connections lazily on
+    the first ``lookup`` (which runs on the worker's event loop; a pool made elsewhere would be bound to
+    the wrong loop). ``lookup`` returns the record, or None when the key does not exist; it raises on
+    errors. Timeouts, retries and caching are the caller's job: a handler makes exactly one attempt.
+    """
+
+    name: str
+
+    async def lookup(self, key: str) -> Optional[R_co]: ...
+
+
+class InMemoryLookupHandler(Generic[R]):
+    """A dict-backed handler with injectable latency and failures, for tests and local runs.
+
+    Deterministic: ``slow_keys`` always take ``slow_latency_seconds``; ``failing_keys`` always raise
+    ``RuntimeError(failure_message)``; every key fails its first ``transient_failures`` attempts. Attempts
+    are counted per key inside each unpickled copy (the worker's instance), not carried over by pickling.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        records: Mapping[str, R],
+        latency_seconds: float = 0.0,
+        slow_keys: frozenset[str] = frozenset(),
+        slow_latency_seconds: float = 5.0,
+        failing_keys: frozenset[str] = frozenset(),
+        transient_failures: int = 0,
+        failure_message: str = "injected failure",
+    ) -> None:
+        if latency_seconds < 0 or slow_latency_seconds < 0 or transient_failures < 0:
+            raise ValueError("latencies and transient_failures must be >= 0")
+        self.name = name
+        self._records = dict(records)
+        self._latency_seconds = latency_seconds
+        self._slow_keys = frozenset(slow_keys)
+        self._slow_latency_seconds = slow_latency_seconds
+        self._failing_keys = frozenset(failing_keys)
+        self._transient_failures = transient_failures
+        self._failure_message = failure_message
+        self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_attempts"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._attempts = {}
+        self._lock = threading.Lock()
+
+    async def lookup(self, key: str) -> Optional[R]:
+        with self._lock:
+            attempt = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+        latency = self._slow_latency_seconds if key in self._slow_keys else self._latency_seconds
+        if latency:
+            await asyncio.sleep(latency)
+        if key in self._failing_keys or attempt <= self._transient_failures:
+            raise RuntimeError(self._failure_message)
+        return self._records.get(key)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-worker cache, shared by every DoFn instance of one EnrichEvents in the process.
+
+_MISS = object()
+
+
+class _TtlCache:
+    """LRU with per-entry expiry; thread-safe (DoFn instances and bundle threads share it)."""
+
+    def __init__(
+        self,
+        max_entries: int,
+        ttl_seconds: float,
+        not_found_ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_entries = max_entries
+        self._ttl = ttl_seconds
+        self._not_found_ttl = not_found_ttl_seconds
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        """The cached record, None for a cached not-found, or ``_MISS``."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return _MISS
+            expires_at, value = entry
+            if expires_at <= self._clock():
+                del self._entries[key]
+                return _MISS
+            self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: Any) -> None:
+        ttl = self._ttl if value is not None else self._not_found_ttl
+        if self._max_entries == 0 or ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self._clock() + ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class _Resolution(NamedTuple):
+    """How one lookup ended. ``kind`` is found / not_found / timeout / failed."""
+
+    record: Any
+    kind: str
+    reason: Optional[str]
+    attempts: int
+
+
+class _SharedLookups:
+    """The cache plus the lookups in flight for one lookup kind of one EnrichEvents, per process.
+
+    In-flight lookups are coalesced, so a burst of events for one hot user costs one store call.
+    """
+
+    def __init__(self, config: EnrichmentConfig) -> None:
+        self.cache = _TtlCache(config.cache_max_entries, config.cache_ttl_seconds, config.cache_not_found_ttl_seconds)
+        self.in_flight: dict[str, asyncio.Future] = {}
+        self.lock = threading.Lock()
+
+
+_SHARED: dict[str, _SharedLookups] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_lookups(shared_id: str, config: EnrichmentConfig) -> _SharedLookups:
+    """One ``_SharedLookups`` per id and process; the id is fixed when the pipeline is built."""
+    with _SHARED_LOCK:
+        shared = _SHARED.get(shared_id)
+        if shared is None:
+            shared = _SHARED[shared_id] = _SharedLookups(config)
+        return shared
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
+class _Lookup:
+    """One lookup kind (user or product): cache, coalescing, timeout, retries, degrade-to-reason."""
+
+    def __init__(
+        self,
+        label: str,
+        handler: LookupHandler[Any],
+        record_type: type,
+        config: EnrichmentConfig,
+        shared: _SharedLookups,
+    ) -> None:
+        self._label = label
+        self._handler = handler
+        self._record_type = record_type
+        self._config = config
+        self._shared = shared
+
+    async def resolve(self, key: str, counts: dict[str, int]) -> _Resolution:
+        """Never raises (except cancellation); adds to ``counts``."""
+        counts["lookups"] += 1
+        resolution = await self._cached_or_fetched(key, counts)
+        if resolution.kind == "not_found":
+            counts["not_found"] += 1
+        elif resolution.kind == "timeout":
+            counts["timeouts"] += 1
+        elif resolution.kind == "failed":
+            counts["failures"] += 1
+        return resolution
+
+    async def _cached_or_fetched(self, key: str, counts: dict[str, int]) -> _Resolution:
+        cached = self._shared.cache.get(key)
+        if cached is not _MISS:
+            counts["cache_hits"] += 1
+            if cached is None:
+                return _Resolution(None, "not_found", f"{self._label} {key}: not found", 0)
+            return _Resolution(cached, "found", None, 0)
+
+        loop = asyncio.get_running_loop()
+        with self._shared.lock:
+            leader = self._shared.in_flight.get(key)
+            if leader is None or leader.get_loop() is not loop:
+                leader = None
+                own: asyncio.Future = loop.create_future()
+                self._shared.in_flight[key] = own
+        if leader is not None:
+            try:
+                resolution = await asyncio.shield(leader)
+                counts["coalesced"] += 1
+                return resolution
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not leader.cancelled() or (current is not None and current.cancelling()):
+                    raise
+            return await self._fetch(key, counts)  # the leader was cancelled: look up ourselves
+
+        try:
+            resolution = await self._fetch(key, counts)
+            if resolution.kind in ("found", "not_found"):  # cached before leaving in_flight: no gap for a 2nd call
+                self._shared.cache.put(key, resolution.record)
+            own.set_result(resolution)
+            return resolution
+        except BaseException:  # cancellation: followers then look up themselves
+            own.cancel()
+            raise
+        finally:
+            with self._shared.lock:
+                if self._shared.in_flight.get(key) is own:
+                    del self._shared.in_flight[key]
+
+    async def _fetch(self, key: str, counts: dict[str, int]) -> _Resolution:
+        config = self._config
+        attempts = 0
+        while True:
+            attempts += 1
+            counts["store_calls"] += 1
+            if attempts > 1:
+                counts["retries"] += 1
+            try:
+                record = await asyncio.wait_for(self._handler.lookup(key), config.lookup_timeout_seconds)
+            except TimeoutError:
+                kind, reason = "timeout", f"timed out after {config.lookup_timeout_seconds:g}s"
+            except Exception as err:  # any store error is retried, then degrades the event
+                kind, reason = "failed", f"failed: {_truncate(repr(err))}"
+            else:
+                if record is None:
+                    return _Resolution(None, "not_found", f"{self._label} {key}: not found", attempts)
+                if not isinstance(record, self._record_type):
+                    # A handler bug, not a transient error: retrying cannot help.
+                    reason = (
+                        f"failed: handler {self._handler.name!r} returned {type(record).__name__}, "
+                        f"expected {self._record_type.__name__}"
+                    )
+                    return _Resolution(
+                        None, "failed", f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts
+                    )
+                return _Resolution(record, "found", None, attempts)
+            if attempts > config.max_retries:
+                return _Resolution(None, kind, f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts)
+            await asyncio.sleep(config.backoff_seconds(attempts))
+
+
+class _Outcome(NamedTuple):
+    """An enriched event with the counts of its lookups, carried out of the event loop to be recorded."""
+
+    enriched: EnrichedEvent
+    counts: Mapping[str, int]
+    started_ms: int
+
+
+class _Pending(NamedTuple):
+    """The keyed value: the event, its element timestamp (restored on output, AsyncWrapper loses it) and
+    a per-element id for AsyncWrapper's bookkeeping. Not the event_id: AsyncWrapper collapses in-flight
+    elements with equal ids, so duplicate events arriving together would turn into one output, depending
+    on timing; duplicates are for the reconciliation to count, not for enrichment to hide."""
+
+    event: ClickEvent
+    timestamp_micros: int
+    element_id: str
+
+
+for _record_type in (_Outcome, _Pending):
+    beam.coders.registry.register_coder(_record_type, beam.coders.RowCoder)
+
+
+def _status(needed: int, found: int) -> str:
+    if found == needed:
+        return STATUS_ENRICHED
+    return STATUS_NOT_ENRICHED if found == 0 else STATUS_PARTIAL
+
+
+class _Enricher:
+    """The per-event join, as a coroutine; built once per DoFn instance on the worker."""
+
+    def __init__(
+        self,
+        config: EnrichmentConfig,
+        users: LookupHandler[UserProfile],
+        products: LookupHandler[Product],
+        shared_id: str,
+    ) -> None:
+        self._users = _Lookup("user", users, UserProfile, config, _shared_lookups(f"{shared_id}/user", config))
+        self._products = _Lookup("product", products, Product, config, _shared_lookups(f"{shared_id}/product", config))
+
+    async def enrich(self, event: ClickEvent) -> _Outcome:
+        started_ms = int(time.time() * 1000)
+        counts = dict.fromkeys(LOOKUP_COUNTS, 0)
+        try:
+            lookups = [self._users.resolve(event.user_id, counts)]
+            if event.product_id:
+                lookups.append(self._products.resolve(event.product_id, counts))
+            resolutions = await asyncio.gather(*lookups)
+            user = resolutions[0]
+            product = resolutions[1] if len(resolutions) > 1 else None
+            found = sum(r.kind == "found" for r in resolutions)
+            enriched = EnrichedEvent(
+                event=event,
+                user=user.record,
+                product=product.record if product else None,
+                enrichment_status=_status(len(resolutions), found),
+                enrichment_errors=[r.reason for r in resolutions if r.reason],
+            )
+        except Exception as err:  # last resort: a bug here must not fail the bundle forever
+            _LOG.exception("enrichment of event %s failed unexpectedly", event.event_id)
+            counts["internal_errors"] += 1
+            enriched = EnrichedEvent(
+                event=event,
+                user=None,
+                product=None,
+                enrichment_status=STATUS_NOT_ENRICHED,
+                enrichment_errors=[f"internal error: {_truncate(repr(err))}"],
+            )
+        return _Outcome(enriched=enriched, counts=counts, started_ms=started_ms)
+
+
+class _LookupDoFn(beam.DoFn):
+    """What AsyncWrapper runs on its event loop: one event in, one timestamped outcome out."""
+
+    def __init__(
+        self,
+        config: EnrichmentConfig,
+        users: LookupHandler[UserProfile],
+        products: LookupHandler[Product],
+        shared_id: str,
+    ) -> None:
+        self._config = config
+        self._users = users
+        self._products = products
+        self._shared_id = shared_id
+        self._enricher: Optional[_Enricher] = None
+
+    def setup(self) -> None:
+        self._enricher = _Enricher(self._config, self._users, self._products, self._shared_id)
+
+    async def process(self, element: tuple[str, _Pending]) -> list[TimestampedValue]:
+        _, pending = element
+        if self._enricher is None:  # AsyncWrapper.setup() forwards to setup(); this only guards against a change
+            self.setup()
+        outcome = await self._enricher.enrich(pending.event)
+        return [TimestampedValue(outcome, Timestamp(micros=pending.timestamp_micros))]
+
+
+def _pending_id(pending: _Pending) -> str:
+    return pending.element_id
+
+
+class _KeyByUser(beam.DoFn):
+    def process(
+        self, event: ClickEvent, timestamp: Timestamp = beam.DoFn.TimestampParam
+    ) -> Iterator[tuple[str, _Pending]]:
+        yield event.user_id, _Pending(event=event, timestamp_micros=timestamp.micros, element_id=uuid.uuid4().hex)
+
+
+class _RecordOutcome(beam.DoFn):
+    """Records the lookup counts on the bundle thread, where Beam metrics are collected."""
+
+    def setup(self) -> None:
+        self._counters = {name: counter(STAGE, name) for name in LOOKUP_COUNTS}
+        self._status_counters = {status: counter(STAGE, f"status_{status}") for status in STATUSES}
+        self._latency_ms = distribution(STAGE, "latency_ms")
+
+    def process(self, outcome: _Outcome) -> Iterator[EnrichedEvent]:
+        for name, value in outcome.counts.items():
+            if value and name in self._counters:
+                self._counters[name].inc(value)
+        self._status_counters[outcome.enriched.enrichment_status].inc()
+        self._latency_ms.update(max(0, int(time.time() * 1000) - outcome.started_ms))
+        yield outcome.enriched
+
+
+class EnrichEvents(beam.PTransform[beam.PCollection[ClickEvent], beam.PCollection[EnrichedEvent]]):
+    """Join events with ``users`` (by user_id) and ``products`` (by product_id, when set); never fails an event.
+
+    Output timestamps and windows are those of the input elements. Results leave in batches every
+    ``callback_frequency_seconds``, so output order differs from input order.
+    """
+
+    def __init__(
+        self,
+        config: EnrichmentConfig,
+        users: LookupHandler[UserProfile],
+        products: LookupHandler[Product],
+    ) -> None:
+        super().__init__()
+        for role, handler in (("users", users), ("products", products)):
+            if not isinstance(handler, LookupHandler):
+                raise TypeError(f"{role} must be a LookupHandler (a name and an async lookup(key)), got {handler!r}")
+        self._config = config
+        self._users = users
+        self._products = products
+        # Fixed at construction and pickled with the DoFn, so every instance in a worker shares one cache.
+        self._shared_id = f"{STAGE}-{uuid.uuid4().hex}"
+
+    def expand(self, events: beam.PCollection[ClickEvent]) -> beam.PCollection[EnrichedEvent]:
+        config = self._config
+        lookups = AsyncWrapper(
+            _LookupDoFn(config, self._users, self._products, self._shared_id),
+            parallelism=config.max_in_flight,
+            max_items_to_buffer=config.max_in_flight,
+            callback_frequency=config.callback_frequency_seconds,
+            id_fn=_pending_id,
+            use_asyncio=True,
+        )
+        return (
+            events
+            | "KeyByUser" >> beam.ParDo(_KeyByUser()).with_output_types(tuple[str, _Pending])
+            | "LookupAsync" >> beam.ParDo(lookups).with_output_types(_Outcome)
+            | "RecordOutcome" >> beam.ParDo(_RecordOutcome()).with_output_types(EnrichedEvent)
+        )
