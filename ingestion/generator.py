@@ -102,7 +102,11 @@ class _Session:
 
     def __init__(self, rng: random.Random, user: str, country: str, device: str, next_product, start_ms: int):
         self.rng, self.user, self.country, self.device = rng, user, country, device
-        self.next_product, self.time_ms, self.hint = next_product, start_ms, uuid.UUID(int=rng.getrandbits(128)).hex[:12]
+        self.next_product, self.time_ms, self.hint = (
+            next_product,
+            start_ms,
+            uuid.UUID(int=rng.getrandbits(128)).hex[:12],
+        )
         self.cart: list[str] = []
 
     def next_event(self) -> ClickEvent:
@@ -249,4 +253,3 @@ def _publish(rng: random.Random, config: GeneratorConfig, writer: _Writer, event
     if kind == "malformed":
         value = _malformed(rng, value)
     return GeneratedRecord(event.event_time + delay_ms, event.user_id.encode(), value, kind, event)
-

@@ -13,7 +13,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.records import ClickEvent, DeadLetter, KafkaRecord, SourcedEvent, from_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.dead_letters import dead_letter
-from transforms.outputs import typed
+from transforms.outputs import multi_output_hints, typed
 from transforms.stage_metrics import counter
 
 STAGE = "decode"
@@ -50,7 +50,10 @@ class DecodeEvents(beam.PTransform):
         super().__init__()
         self._serde = serde
 
-    def expand(self, records: beam.PCollection):  # -> DecodeResult (Beam warns on non-PCollection hints)
+    def default_type_hints(self):
+        return multi_output_hints(KafkaRecord)
+
+    def expand(self, records: beam.PCollection[KafkaRecord]) -> DecodeResult:
         results = records | "DecodeConfluentAvro" >> beam.ParDo(_DecodeFn(self._serde)).with_outputs(
             _DEAD, main="events"
         )

@@ -13,7 +13,7 @@ from apache_beam import pvalue
 from schemas.records import DeadLetter, OutputRecord, to_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.dead_letters import dead_letter
-from transforms.outputs import typed
+from transforms.outputs import multi_output_hints, typed
 from transforms.stage_metrics import counter
 
 STAGE = "encode"
@@ -55,7 +55,10 @@ class EncodeRecords(beam.PTransform):
         self._key_fn = key_fn
         self._output = output
 
-    def expand(self, records: beam.PCollection):  # -> EncodeResult
+    def default_type_hints(self):
+        return multi_output_hints(Any)
+
+    def expand(self, records: beam.PCollection) -> EncodeResult:
         results = records | "EncodeConfluentAvro" >> beam.ParDo(
             _EncodeFn(self._serde, self._key_fn, self._output)
         ).with_outputs(_DEAD, main="records")

@@ -11,7 +11,7 @@ from apache_beam import pvalue
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import EnrichedEvent
-from transforms.outputs import typed
+from transforms.outputs import multi_output_hints, typed
 from transforms.stage_metrics import counter
 
 STAGE = "route"
@@ -72,7 +72,10 @@ class RouteEvents(beam.PTransform):
     def route_names(self) -> list[str]:
         return [r.name for r in self._rules] + [self._default]
 
-    def expand(self, events: beam.PCollection) -> dict[str, beam.PCollection]:
+    def default_type_hints(self):
+        return multi_output_hints(EnrichedEvent)
+
+    def expand(self, events: beam.PCollection[EnrichedEvent]) -> dict[str, beam.PCollection]:
         names = self.route_names()
         results = events | "RouteByContent" >> beam.ParDo(_RouteFn(self._rules, self._default)).with_outputs(*names)
         return {name: typed(results[name], EnrichedEvent) for name in names}

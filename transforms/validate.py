@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.records import ClickEvent, DeadLetter, SourcedEvent
 from transforms.dead_letters import dead_letter
-from transforms.outputs import typed
+from transforms.outputs import multi_output_hints, typed
 from transforms.stage_metrics import counter
 
 STAGE = "validate"
 _DEAD = "dead_letters"
+_FILTERED = "filtered"
 
 _NEEDS_PRODUCT = frozenset({"product_view", "add_to_cart", "purchase"})
 _NEEDS_AMOUNT = frozenset({"purchase"})
@@ -61,6 +62,7 @@ class ValidationConfig(BaseModel):
 class ValidationResult(NamedTuple):
     valid: beam.PCollection  # PCollection[ClickEvent]
     dead_letters: beam.PCollection  # PCollection[DeadLetter]
+    filtered: beam.PCollection  # PCollection[ClickEvent]: out of scope on purpose, for auditing counts
 
 
 def rejection(event: ClickEvent, config: ValidationConfig, now_ms: int) -> Optional[tuple[str, str]]:
@@ -126,6 +128,7 @@ class _ValidateFn(beam.DoFn):
         if why:
             self._filtered.inc()
             counter(STAGE, f"filtered_{why}").inc()
+            yield pvalue.TaggedOutput(_FILTERED, event)
             return
         self._valid.inc()
         yield event
@@ -138,8 +141,12 @@ class ValidateEvents(beam.PTransform):
         super().__init__()
         self._config = config
 
-    def expand(self, events: beam.PCollection):  # -> ValidationResult
-        results = events | "ValidateAndFilter" >> beam.ParDo(_ValidateFn(self._config)).with_outputs(
-            _DEAD, main="valid"
+    def default_type_hints(self):
+        return multi_output_hints(SourcedEvent)
+
+    def expand(self, events: beam.PCollection[SourcedEvent]) -> ValidationResult:
+        fn = _ValidateFn(self._config)
+        results = events | "ValidateAndFilter" >> beam.ParDo(fn).with_outputs(_DEAD, _FILTERED, main="valid")
+        return ValidationResult(
+            typed(results.valid, ClickEvent), typed(results[_DEAD], DeadLetter), typed(results[_FILTERED], ClickEvent)
         )
-        return ValidationResult(typed(results.valid, ClickEvent), typed(results[_DEAD], DeadLetter))

@@ -39,7 +39,9 @@ def test_events_go_to_every_matching_route_and_unmatched_to_default():
         routes = p | beam.Create(events) | RouteEvents(RULES, "unrouted")
         assert sorted(routes) == sorted(expected)
         for name, ids in expected.items():
-            assert_that(routes[name] | f"Ids[{name}]" >> beam.Map(lambda e: e.event.event_id), equal_to(ids), label=name)
+            assert_that(
+                routes[name] | f"Ids[{name}]" >> beam.Map(lambda e: e.event.event_id), equal_to(ids), label=name
+            )
 
 
 def test_route_configuration_errors_are_clear():

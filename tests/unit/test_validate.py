@@ -44,6 +44,7 @@ def test_rules_reject_filter_and_keep():
     with TestPipeline(options=batch_options()) as p:
         result = p | beam.Create(inputs) | ValidateEvents(ValidationConfig())
         assert_that(result.valid | beam.Map(lambda e: e.event_id), equal_to(["v1", "v2", "v3"]), label="valid")
+        assert_that(result.filtered | beam.Map(lambda e: e.event_id), equal_to(["f1", "f2", "f3"]), label="filtered")
         assert_that(
             result.dead_letters | beam.Map(lambda d: (d.original.decode(), d.error_code, d.stage)),
             equal_to([(e.event_id, code, "validate") for e, code in INVALID.values()]),

@@ -1,0 +1,1 @@
+"""Pipeline assembly: typed settings in, a Beam graph out; IO edges are injected."""

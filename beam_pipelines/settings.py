@@ -1,0 +1,141 @@
+"""Typed, validated pipeline settings: a YAML file plus ``--set path=value`` overrides.
+
+Every stage's own config model is composed here, so one file describes a deployment and a bad
+value fails at start-up with the path of the field that is wrong.
+"""
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from transforms.enrich import EnrichmentConfig
+from transforms.route import RouteRule
+from transforms.sessions import SessionWindowConfig
+from transforms.validate import ValidationConfig
+from transforms.windowed_metrics import TumblingWindowConfig
+
+DEFAULT_CONFIG = Path(__file__).parent / "config" / "clickstream.yaml"
+
+#: Outputs that exist whatever the routing rules say.
+FIXED_OUTPUTS = ("window_metrics", "sessions", "dead_letters")
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each bad field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers (host:port,...).")
+    consumer_group: str = Field("clickstream-pipeline", description="Consumer group of the pipeline's reader.")
+    input_topic: str = Field("clickstream.events.raw", description="Topic with raw Confluent-Avro events.")
+    output_topics: dict[str, str] = Field(
+        default_factory=lambda: {
+            "orders": "clickstream.orders",
+            "high_value_alerts": "clickstream.alerts",
+            "enriched": "clickstream.events.enriched",
+            "unrouted": "clickstream.events.unrouted",
+            "window_metrics": "clickstream.metrics.windows",
+            "sessions": "clickstream.metrics.sessions",
+            "dead_letters": "clickstream.dead-letters",
+        },
+        description="Output name (each route, window_metrics, sessions, dead_letters) -> topic.",
+    )
+    partitions: int = Field(6, ge=1, description="Partitions of topics the local stack creates.")
+    retention_hours: int = Field(168, ge=1, description="Retention of topics the local stack creates.")
+    sasl_username: Optional[str] = Field(None, description="SASL/PLAIN user for secured clusters.")
+    sasl_password: Optional[SecretStr] = Field(None, description="SASL/PLAIN password.")
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka/Kafka client properties shared by consumers and producers."""
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if self.sasl_username:
+            config.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "sasl.mechanism": "PLAIN",
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else "",
+                }
+            )
+        return config
+
+
+class RegistrySettings(_Frozen):
+    url: str = Field("http://localhost:8085", description="Confluent-compatible schema registry URL.")
+    basic_auth: Optional[SecretStr] = Field(None, description="user:password for registry basic auth.")
+
+
+class PipelineSettings(_Frozen):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    enrichment: EnrichmentConfig = Field(default_factory=EnrichmentConfig)
+    windows: TumblingWindowConfig = Field(default_factory=TumblingWindowConfig)
+    sessions: SessionWindowConfig = Field(default_factory=SessionWindowConfig)
+    routes: tuple[RouteRule, ...] = Field((), description="Routing rules, evaluated for every event.")
+    default_route: str = Field("unrouted", description="Output for events no rule matches.")
+
+    @model_validator(mode="after")
+    def _every_output_has_a_topic(self) -> "PipelineSettings":
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route names must be unique: {names}")
+        if self.default_route in names or self.default_route in FIXED_OUTPUTS:
+            raise ValueError(f"default_route {self.default_route!r} clashes with another output name")
+        missing = [n for n in self.output_names() if n not in self.kafka.output_topics]
+        if missing:
+            raise ValueError(f"kafka.output_topics has no topic for output(s) {missing}")
+        return self
+
+    def output_names(self) -> list[str]:
+        return [r.name for r in self.routes] + [self.default_route, *FIXED_OUTPUTS]
+
+    def topic(self, output: str) -> str:
+        return self.kafka.output_topics[output]
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"--set {dotted}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(settings)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "invalid pipeline settings:\n" + "\n".join(lines)
+
+
+def load_settings(config_path: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> PipelineSettings:
+    """Settings from ``config_path`` (default: the bundled config) with ``path=value`` overrides (YAML values)."""
+    path = Path(config_path) if config_path else DEFAULT_CONFIG
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise SettingsError(f"cannot read settings file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise SettingsError(f"settings file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping at the top level")
+    for override in overrides:
+        dotted, sep, raw = override.partition("=")
+        if not sep or not dotted.strip():
+            raise SettingsError(f"--set expects path=value, got {override!r}")
+        _set_path(data, dotted.strip(), yaml.safe_load(raw))
+    try:
+        return PipelineSettings.model_validate(data)
+    except ValidationError as err:
+        raise SettingsError(_format(err)) from None

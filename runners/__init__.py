@@ -1,0 +1,1 @@
+"""Runner profiles (direct; Flink and Dataflow to come), local stack and template tooling."""

@@ -1,0 +1,201 @@
+"""User sessions: event-time session windows per user, summarised per pane.
+
+A session is a run of one user's events with gaps shorter than ``gap_seconds``; windows merge as
+events arrive, so a late event can bridge two sessions into one. Panes ACCUMULATE: each is the full
+summary of the session so far (ON_TIME when the watermark passes the session end + gap, optional
+EARLY panes, one LATE pane per late event within the allowed lateness). When late data merges or
+extends a session, Beam restarts that session's pane index at 0 (its pane state does not survive a
+merge), so the sink upserts on (user_id, session_start) and lets the latest pane win. Events later
+than the allowed lateness are dropped by the GroupByKey and counted by a sibling ``LateDataMonitor``
+(``sessions_dropped_late``), which also returns them as ``too_late``.
+"""
+
+from typing import Dict, Iterator, NamedTuple, Optional, Set, Tuple
+
+import apache_beam as beam
+from apache_beam.transforms import trigger
+from apache_beam.transforms.core import Windowing
+from apache_beam.transforms.window import Sessions
+from apache_beam.typehints.decorators import IOTypeHints
+from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.records import EnrichedEvent, SessionSummary
+from transforms.late_data import LateDataConfig, LateDataMonitor
+from transforms.stage_metrics import counter
+
+STAGE = "sessions"
+PURCHASE = "purchase"
+
+# What a session needs of an event, projected before the shuffle: (event_time, product_id, event_type,
+# currency, amount_minor).
+_Fact = Tuple[int, Optional[str], str, Optional[str], Optional[int]]
+
+
+class SessionWindowConfig(BaseModel):
+    """Event-time session windows per user."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gap_seconds: int = Field(
+        1800, ge=1, le=86_400, description="Inactivity in event time that ends a session (and opens a new one)."
+    )
+    allowed_lateness_seconds: int = Field(
+        300,
+        ge=0,
+        le=7 * 86_400,
+        description="How long after a session's end + gap late events still refine or merge it (one LATE pane "
+        "each); the session's state is kept that long. Later events are dropped and counted.",
+    )
+    early_firing_seconds: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Processing-time delay after a pane's first element before a speculative EARLY pane; "
+        "None emits nothing before the session closes in event time.",
+    )
+    late_data: LateDataConfig = Field(
+        default_factory=LateDataConfig, description="How elements dropped as too late are counted."
+    )
+
+
+class UserSessionsResult(NamedTuple):
+    """``sessions``: one SessionSummary per session and pane; ``too_late``: input events dropped as too late."""
+
+    sessions: beam.PCollection[SessionSummary]
+    too_late: beam.PCollection[EnrichedEvent]
+
+
+class _Summary(NamedTuple):
+    start: int
+    end: int
+    event_count: int
+    distinct_products: int
+    purchase_count: int
+    purchase_totals: Dict[str, int]
+
+
+def _fact(enriched: EnrichedEvent) -> Tuple[str, _Fact]:
+    event = enriched.event
+    return event.user_id, (event.event_time, event.product_id, event.event_type, event.currency, event.amount_minor)
+
+
+class _SessionAccumulator:
+    """Mutable on purpose: add_input runs once per event."""
+
+    __slots__ = ("start", "end", "event_count", "products", "purchase_count", "purchase_totals")
+
+    def __init__(self) -> None:
+        self.start: Optional[int] = None
+        self.end: Optional[int] = None
+        self.event_count = 0
+        self.products: Set[str] = set()
+        self.purchase_count = 0
+        self.purchase_totals: Dict[str, int] = {}
+
+
+class _SessionStatsFn(beam.CombineFn):
+    """Mergeable session aggregates, so merging session windows is just merging accumulators."""
+
+    def create_accumulator(self) -> _SessionAccumulator:
+        return _SessionAccumulator()
+
+    def add_input(self, acc: _SessionAccumulator, fact: _Fact) -> _SessionAccumulator:
+        event_time, product_id, event_type, currency, amount = fact
+        acc.start = event_time if acc.start is None else min(acc.start, event_time)
+        acc.end = event_time if acc.end is None else max(acc.end, event_time)
+        acc.event_count += 1
+        if product_id is not None:
+            acc.products.add(product_id)
+        if event_type == PURCHASE:
+            acc.purchase_count += 1
+            if currency is not None and amount is not None:
+                acc.purchase_totals[currency] = acc.purchase_totals.get(currency, 0) + amount
+        return acc
+
+    def merge_accumulators(self, accumulators) -> _SessionAccumulator:
+        merged = _SessionAccumulator()
+        for acc in accumulators:
+            if acc.start is not None:
+                merged.start = acc.start if merged.start is None else min(merged.start, acc.start)
+                merged.end = acc.end if merged.end is None else max(merged.end, acc.end)
+            merged.event_count += acc.event_count
+            merged.products |= acc.products
+            merged.purchase_count += acc.purchase_count
+            for currency, amount in acc.purchase_totals.items():
+                merged.purchase_totals[currency] = merged.purchase_totals.get(currency, 0) + amount
+        return merged
+
+    def extract_output(self, acc: _SessionAccumulator) -> _Summary:
+        return _Summary(
+            acc.start, acc.end, acc.event_count, len(acc.products), acc.purchase_count, dict(acc.purchase_totals)
+        )
+
+
+class _ToSessionSummary(beam.DoFn):
+    """Adds the pane (which firing this is) that the upsert downstream relies on."""
+
+    def setup(self) -> None:
+        self._panes = {
+            timing: counter(STAGE, f"panes_{PaneInfoTiming.to_string(timing).lower()}")
+            for timing in (PaneInfoTiming.EARLY, PaneInfoTiming.ON_TIME, PaneInfoTiming.LATE, PaneInfoTiming.UNKNOWN)
+        }
+
+    def process(
+        self, element: Tuple[str, _Summary], pane: PaneInfo = beam.DoFn.PaneInfoParam
+    ) -> Iterator[SessionSummary]:
+        user_id, summary = element
+        self._panes[pane.timing].inc()
+        yield SessionSummary(
+            user_id=user_id,
+            session_start=summary.start,
+            session_end=summary.end,
+            duration_ms=summary.end - summary.start,
+            event_count=summary.event_count,
+            distinct_products=summary.distinct_products,
+            purchase_count=summary.purchase_count,
+            purchase_totals_minor=summary.purchase_totals,
+            converted=summary.purchase_count > 0,
+            pane_timing=PaneInfoTiming.to_string(pane.timing),
+            pane_index=pane.index,
+        )
+
+
+def _windowing(config: SessionWindowConfig) -> Windowing:
+    early = trigger.AfterProcessingTime(config.early_firing_seconds) if config.early_firing_seconds else None
+    return Windowing(
+        Sessions(config.gap_seconds),
+        triggerfn=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+        allowed_lateness=config.allowed_lateness_seconds,
+    )
+
+
+class UserSessions(beam.PTransform[beam.PCollection[EnrichedEvent], UserSessionsResult]):
+    """Session summaries of timestamped enriched events per user, plus the events dropped as too late."""
+
+    def __init__(self, config: Optional[SessionWindowConfig] = None):
+        super().__init__()
+        self._config = config or SessionWindowConfig()
+
+    def default_type_hints(self) -> IOTypeHints:
+        # Beam only understands PCollection output hints; ours is a NamedTuple of PCollections.
+        return IOTypeHints.empty().with_input_types(EnrichedEvent)
+
+    def expand(self, events: beam.PCollection[EnrichedEvent]) -> UserSessionsResult:
+        windowing = _windowing(self._config)
+        too_late = events | "CountTooLate" >> LateDataMonitor(STAGE, windowing, self._config.late_data)
+        sessions = (
+            events
+            | "KeyByUser" >> beam.Map(_fact).with_output_types(Tuple[str, _Fact])
+            # Not WindowInto(windowing): Beam 2.76 drops a Windowing's allowed_lateness there (resets it to 0).
+            | "Window"
+            >> beam.WindowInto(
+                windowing.windowfn,
+                trigger=windowing.triggerfn,
+                accumulation_mode=windowing.accumulation_mode,
+                allowed_lateness=windowing.allowed_lateness,
+            )
+            | "Summarize" >> beam.CombinePerKey(_SessionStatsFn())
+            | "ToSessionSummary" >> beam.ParDo(_ToSessionSummary()).with_output_types(SessionSummary)
+        )
+        return UserSessionsResult(sessions=sessions, too_late=too_late)

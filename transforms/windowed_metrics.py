@@ -1,0 +1,196 @@
+"""Windowed metrics: per (event_type, category, currency) event-time tumbling-window counts and amounts.
+
+Each pane is a complete refinement of its window (ACCUMULATING), so the sink can upsert on
+(window_start, window_end, event_type, category, currency) and keep the highest ``pane_index``: an
+ON_TIME pane when the watermark passes the window end, optional EARLY panes before it, one LATE pane
+per late element within the allowed lateness. Later data is dropped by the GroupByKey; a sibling
+``LateDataMonitor`` counts it (``windowed_metrics_dropped_late``) and returns it as ``too_late``.
+
+Percentiles are exact (every amount of the window is kept until the window expires), interpolated
+linearly between the closest ranks like ``numpy.percentile``'s default; amounts are only aggregated
+within one currency.
+"""
+
+import math
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.transforms import trigger
+from apache_beam.transforms.core import Windowing
+from apache_beam.transforms.window import FixedWindows, IntervalWindow
+from apache_beam.typehints.decorators import IOTypeHints
+from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.records import EnrichedEvent, WindowMetric
+from transforms.late_data import LateDataConfig, LateDataMonitor
+from transforms.stage_metrics import counter
+
+STAGE = "windowed_metrics"
+UNKNOWN_CATEGORY = "unknown"
+NO_CURRENCY = ""
+
+_Dimensions = Tuple[str, str, str]  # (event_type, category, currency)
+
+
+class TumblingWindowConfig(BaseModel):
+    """Event-time tumbling windows for the metrics; whole seconds keep window bounds on the ms grid."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size_seconds: int = Field(60, ge=1, le=86_400, description="Window length in event time.")
+    allowed_lateness_seconds: int = Field(
+        300,
+        ge=0,
+        le=7 * 86_400,
+        description="How long after the window end late events still refine it (one LATE pane each); "
+        "the window's state is kept that long. Later events are dropped and counted.",
+    )
+    early_firing_seconds: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Processing-time delay after a pane's first element before a speculative EARLY pane; "
+        "None emits nothing before the watermark passes the window end.",
+    )
+    late_data: LateDataConfig = Field(
+        default_factory=LateDataConfig, description="How elements dropped as too late are counted."
+    )
+
+    @model_validator(mode="after")
+    def _expiry_on_monitor_grid(self) -> "TumblingWindowConfig":
+        resolution = self.late_data.resolution_ms
+        if (self.size_seconds * 1000) % resolution or (self.allowed_lateness_seconds * 1000) % resolution:
+            raise ValueError(
+                f"late_data.resolution_ms ({resolution}) must divide size_seconds and allowed_lateness_seconds "
+                "(in ms) so that every window expiry lies on the monitor's grid and too-late counts are exact"
+            )
+        return self
+
+
+class WindowedMetricsResult(NamedTuple):
+    """``metrics``: one WindowMetric per key, window and pane; ``too_late``: input events dropped as too late."""
+
+    metrics: beam.PCollection[WindowMetric]
+    too_late: beam.PCollection[EnrichedEvent]
+
+
+class _Stats(NamedTuple):
+    event_count: int
+    amounts: List[int]  # sorted
+
+
+def _dimensions(enriched: EnrichedEvent) -> Tuple[_Dimensions, Optional[int]]:
+    event = enriched.event
+    category = enriched.product.category if enriched.product is not None else UNKNOWN_CATEGORY
+    return (event.event_type, category, event.currency or NO_CURRENCY), event.amount_minor
+
+
+def _percentile(ordered: Sequence[int], q: float) -> Optional[float]:
+    """numpy.percentile(..., method="linear") on an already sorted sequence."""
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
+
+
+class _AmountStatsFn(beam.CombineFn):
+    """Counts events and keeps every amount: exact percentiles need them all."""
+
+    def create_accumulator(self) -> List:
+        return [0, []]
+
+    def add_input(self, accumulator: List, amount: Optional[int]) -> List:
+        accumulator[0] += 1
+        if amount is not None:
+            accumulator[1].append(amount)
+        return accumulator
+
+    def merge_accumulators(self, accumulators) -> List:
+        merged = self.create_accumulator()
+        for count, amounts in accumulators:
+            merged[0] += count
+            merged[1].extend(amounts)
+        return merged
+
+    def extract_output(self, accumulator: List) -> _Stats:
+        return _Stats(accumulator[0], sorted(accumulator[1]))
+
+
+class _ToWindowMetric(beam.DoFn):
+    """Adds the window bounds and pane (which firing this is) that the upsert downstream relies on."""
+
+    def setup(self) -> None:
+        self._panes = {
+            timing: counter(STAGE, f"panes_{PaneInfoTiming.to_string(timing).lower()}")
+            for timing in (PaneInfoTiming.EARLY, PaneInfoTiming.ON_TIME, PaneInfoTiming.LATE, PaneInfoTiming.UNKNOWN)
+        }
+
+    def process(
+        self,
+        element: Tuple[_Dimensions, _Stats],
+        window: IntervalWindow = beam.DoFn.WindowParam,
+        pane: PaneInfo = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[WindowMetric]:
+        (event_type, category, currency), stats = element
+        amounts = stats.amounts
+        total = sum(amounts)
+        self._panes[pane.timing].inc()
+        yield WindowMetric(
+            window_start=window.start.micros // 1000,
+            window_end=window.end.micros // 1000,
+            event_type=event_type,
+            category=category,
+            currency=currency,
+            event_count=stats.event_count,
+            amount_count=len(amounts),
+            amount_sum_minor=total,
+            amount_avg_minor=total / len(amounts) if amounts else None,
+            amount_p50_minor=_percentile(amounts, 50),
+            amount_p95_minor=_percentile(amounts, 95),
+            amount_p99_minor=_percentile(amounts, 99),
+            pane_timing=PaneInfoTiming.to_string(pane.timing),
+            pane_index=pane.index,
+        )
+
+
+def _windowing(config: TumblingWindowConfig) -> Windowing:
+    early = trigger.AfterProcessingTime(config.early_firing_seconds) if config.early_firing_seconds else None
+    return Windowing(
+        FixedWindows(config.size_seconds),
+        triggerfn=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+        allowed_lateness=config.allowed_lateness_seconds,
+    )
+
+
+class WindowedMetrics(beam.PTransform[beam.PCollection[EnrichedEvent], WindowedMetricsResult]):
+    """Tumbling-window metrics of timestamped enriched events, plus the events dropped as too late."""
+
+    def __init__(self, config: Optional[TumblingWindowConfig] = None):
+        super().__init__()
+        self._config = config or TumblingWindowConfig()
+
+    def default_type_hints(self) -> IOTypeHints:
+        # Beam only understands PCollection output hints; ours is a NamedTuple of PCollections.
+        return IOTypeHints.empty().with_input_types(EnrichedEvent)
+
+    def expand(self, events: beam.PCollection[EnrichedEvent]) -> WindowedMetricsResult:
+        windowing = _windowing(self._config)
+        too_late = events | "CountTooLate" >> LateDataMonitor(STAGE, windowing, self._config.late_data)
+        metrics = (
+            events
+            | "KeyByDimensions" >> beam.Map(_dimensions).with_output_types(Tuple[_Dimensions, Optional[int]])
+            # Not WindowInto(windowing): Beam 2.76 drops a Windowing's allowed_lateness there (resets it to 0).
+            | "Window"
+            >> beam.WindowInto(
+                windowing.windowfn,
+                trigger=windowing.triggerfn,
+                accumulation_mode=windowing.accumulation_mode,
+                allowed_lateness=windowing.allowed_lateness,
+            )
+            | "Aggregate" >> beam.CombinePerKey(_AmountStatsFn())
+            | "ToWindowMetric" >> beam.ParDo(_ToWindowMetric()).with_output_types(WindowMetric)
+        )
+        return WindowedMetricsResult(metrics=metrics, too_late=too_late)
