@@ -37,6 +37,7 @@ class GeneratorConfig:
     products: int = 150
     zipf_exponent: float = 1.1
     catalogue_coverage: float = 0.95  # share of product ids the catalogue knows (rest: "not found")
+    profile_coverage: float = 0.97  # share of users with a profile (rest: "not found")
     invalid_share: float = 0.03
     malformed_share: float = 0.01
     late_share: float = 0.06
@@ -86,6 +87,7 @@ def reference_data(config: GeneratorConfig) -> tuple[dict[str, UserProfile], dic
             rng.choice(countries),
         )
         for i in range(config.users)
+        if rng.random() < config.profile_coverage
     }
     products = {}
     for i in range(config.products):

@@ -33,7 +33,7 @@ DIRECT_RUNNER_ARGS = ["--runner=BundleBasedDirectRunner", "--streaming"]
 _CONTRACTS = {"window_metrics": "window_metric", "sessions": "session_summary", "dead_letters": "dead_letter"}
 
 
-def replay_stream(records: list[GeneratedRecord], topic: str, batch_ms: int = 5_000) -> TestStream:
+def replay_stream(records: list[GeneratedRecord], topic: str, batch_ms: int = 30_000) -> TestStream:
     """``records`` (sorted by arrival) as a TestStream: one batch per ``batch_ms`` of arrival time."""
     stream = TestStream(coder=beam.coders.registry.get_coder(KafkaRecord))
     stream.advance_processing_time(int(time.time()) + 30)
@@ -104,6 +104,7 @@ class DirectRunSummary:
     dead_letter_codes: Counter
     filtered: int
     routed_events: int
+    enrichment: Counter
     kinds: Counter
     seconds: float
     late_panes: int = 0
@@ -126,6 +127,7 @@ class DirectRunSummary:
         dead = sum(self.dead_letter_codes.values())
         lines += [
             "",
+            "enrichment of routed events: " + ", ".join(f"{k}={v}" for k, v in sorted(self.enrichment.items())),
             f"late panes (window metrics + sessions): {self.late_panes}",
             f"too late for windows/sessions (counted, still routed): {self.too_late}",
             f"reconciliation: in {self.records_in} = routed {self.routed_events} + dead-lettered {dead}"
@@ -168,7 +170,7 @@ def run_sample(
 
     decoded = {name: read_output(output_dir, name, registry) for name in settings.output_names()}
     route_names = [r.name for r in settings.routes] + [settings.default_route]
-    routed_ids = {row["event"]["event_id"] for name in route_names for row in decoded[name]}
+    routed = {row["event"]["event_id"]: row["enrichment_status"] for name in route_names for row in decoded[name]}
     audit = {name: _count_lines(output_dir, name) for name in audits}
     late = sum(1 for name in ("window_metrics", "sessions") for row in decoded[name] if row["pane_timing"] == "LATE")
     return DirectRunSummary(
@@ -176,7 +178,8 @@ def run_sample(
         outputs={name: len(rows) for name, rows in decoded.items()},
         dead_letter_codes=Counter(row["error_code"] for row in decoded["dead_letters"]),
         filtered=audit["filtered"],
-        routed_events=len(routed_ids),
+        routed_events=len(routed),
+        enrichment=Counter(routed.values()),
         kinds=Counter(r.kind for r in records),
         seconds=seconds,
         late_panes=late,
