@@ -14,7 +14,9 @@ setup(
     version="0.1.0",
     description="Schema-first clickstream event pipeline on Apache Beam (DirectRunner in tests, Flink in production).",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["schemas", "transforms", "beam_pipelines", "runners", "ingestion", "benchmarks"]),
+    packages=find_packages(
+        include=["schemas", "transforms", "beam_pipelines", "runners", "runners.*", "ingestion", "benchmarks"]
+    ),
     package_data={"schemas": ["avro/*.avsc"], "beam_pipelines": ["config/*.yaml"]},
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",
@@ -23,6 +25,14 @@ setup(
         "prometheus-client==0.26.0",
         "pydantic==2.14.4",
         "PyYAML==6.0.4",
+        # local stack, schema registry and ingestion service
+        "starlette==1.10.0",
+        "uvicorn==0.54.0",
+        "httpx==0.28.1",
+        "avro==1.12.2",
+        # real enrichment stores
+        "psycopg[binary]==3.3.9",
+        "redis==8.1.0",
     ],
     extras_require={
         "dev": ["pytest==9.2.0", "ruff==0.17.6"],

@@ -1,0 +1,58 @@
+"""``python -m runners.stack up|down|status``: the local stack, each component a real process on loopback."""
+
+import argparse
+import importlib
+import sys
+
+from beam_pipelines.settings import PipelineSettings, load_settings
+from runners.stack.process import Component, StackError
+from runners.stack.settings import StackSettings
+
+#: Start order; ``down`` stops in reverse. Each class is built as ``Cls(stack_settings, pipeline_settings)``.
+COMPONENTS = (
+    "runners.stack.kafka:Kafka",
+    "runners.stack.registry:SchemaRegistry",
+    "runners.stack.postgres:Postgres",
+    "runners.stack.redis:Redis",
+)
+
+
+def components(stack: StackSettings, pipeline: PipelineSettings) -> list[Component]:
+    built = []
+    for spec in COMPONENTS:
+        module, cls = spec.split(":")
+        built.append(getattr(importlib.import_module(module), cls)(stack, pipeline))
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runners.stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--config", help="pipeline settings YAML (topics to create)")
+    args = parser.parse_args(argv)
+    stack = StackSettings.from_env()
+    parts = components(stack, load_settings(args.config))
+    try:
+        if args.command == "up":
+            for part in parts:
+                part.install()
+                part.start()
+                print(f"{part.name:<16} up      {part.address}", flush=True)
+        elif args.command == "down":
+            for part in reversed(parts):
+                part.stop()
+                print(f"{part.name:<16} stopped", flush=True)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    unhealthy = 0
+    if args.command != "down":
+        for part in parts:
+            health = part.health()
+            unhealthy += not health.ok
+            print(f"{part.name:<16} {'healthy' if health.ok else 'DOWN':<8}{part.address:<28}{health.detail}")
+    return 1 if unhealthy and args.command == "up" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
