@@ -9,7 +9,7 @@ SEED ?= 7
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lint run bench clean
+.PHONY: help setup test test-unit lint run bench clean up down status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,15 @@ test-unit: setup ## Run the DirectRunner unit tests only
 lint: setup ## Lint and check formatting with ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+up: setup ## Start the local stack (Kafka, schema registry, PostgreSQL, Redis) on loopback; idempotent
+	$(BIN)/python -m runners.stack up
+
+down: setup ## Stop exactly the processes `make up` started
+	$(BIN)/python -m runners.stack down
+
+status: setup ## Show each stack component, its address and health
+	$(BIN)/python -m runners.stack status
 
 run: setup ## Run the pipeline (RUNNER=direct: generated sample on the DirectRunner; EVENTS=, SEED=)
 ifeq ($(RUNNER),direct)

@@ -15,7 +15,16 @@ setup(
     description="Schema-first clickstream event pipeline on Apache Beam (DirectRunner in tests, Flink in production).",
     python_requires=">=3.11,<3.12",
     packages=find_packages(
-        include=["schemas", "transforms", "beam_pipelines", "runners", "runners.*", "ingestion", "benchmarks"]
+        include=[
+            "schemas",
+            "schema_registry",
+            "transforms",
+            "beam_pipelines",
+            "runners",
+            "runners.*",
+            "ingestion",
+            "benchmarks",
+        ]
     ),
     package_data={"schemas": ["avro/*.avsc"], "beam_pipelines": ["config/*.yaml"]},
     install_requires=[

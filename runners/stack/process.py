@@ -94,8 +94,8 @@ class ManagedProcess:
             started = self.pid_file.read_text().split()[1]
         except (OSError, ValueError, IndexError):
             return None
-        if _start_time(pid) != started:
-            return None
+        if _start_time(pid) != started or not _alive(pid):
+            return None  # gone, a zombie, or the pid now names another process
         return pid
 
     def start(self, argv: list[str], env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> int:
