@@ -189,17 +189,28 @@ class _Writer:
         return self.v2.encode(record)
 
 
-def generate(config: GeneratorConfig, registry: SchemaRegistry, now_ms: Optional[int] = None) -> list[GeneratedRecord]:
-    """``config.events`` records sorted by arrival time; ``now_ms`` anchors "too far in the future"."""
+class GeneratedEvent(NamedTuple):
+    """One event as a source emits it: when it arrives, what it is, and whether an old (v1) producer sent it."""
+
+    arrival_ms: int
+    kind: str
+    event: ClickEvent
+    schema_v1: bool
+
+
+def events(config: GeneratorConfig, now_ms: Optional[int] = None) -> list[GeneratedEvent]:
+    """``config.events`` events sorted by arrival time; ``now_ms`` anchors "too far in the future".
+
+    ``malformed`` events are well-formed here; ``generate()`` breaks their bytes, a JSON source its shape.
+    """
     rng = random.Random(config.seed)
     next_user = _zipf_sampler(rng, config.users, config.zipf_exponent)
     next_product = _zipf_sampler(rng, config.products, config.zipf_exponent)
-    writer = _Writer(registry)
     end_ms = config.start_ms + config.duration_seconds * 1000
     now_ms = end_ms if now_ms is None else now_ms
     sessions: list[_Session] = []
-    records: list[GeneratedRecord] = []
-    while len(records) < config.events:
+    drawn: list[GeneratedEvent] = []
+    while len(drawn) < config.events:
         if not sessions or rng.random() < 0.08:
             uid = next_user()
             sessions.append(
@@ -217,12 +228,25 @@ def generate(config: GeneratorConfig, registry: SchemaRegistry, now_ms: Optional
         if event.event_time >= end_ms:
             sessions.remove(session)
             continue
-        records.append(_publish(rng, config, writer, event, now_ms))
-    records.sort(key=lambda r: r.arrival_ms)
+        drawn.append(_draw(rng, config, event, now_ms))
+    drawn.sort(key=lambda e: e.arrival_ms)
+    return drawn
+
+
+def generate(config: GeneratorConfig, registry: SchemaRegistry, now_ms: Optional[int] = None) -> list[GeneratedRecord]:
+    """``events()`` framed as Confluent Avro by v1/v2 producers, malformed ones with broken bytes."""
+    rng = random.Random(config.seed + 1)
+    writer = _Writer(registry)
+    records = []
+    for drawn in events(config, now_ms):
+        value = writer.encode(drawn.event, drawn.schema_v1)
+        if drawn.kind == "malformed":
+            value = _malformed(rng, value)
+        records.append(GeneratedRecord(drawn.arrival_ms, drawn.event.user_id.encode(), value, drawn.kind, drawn.event))
     return records
 
 
-def _publish(rng: random.Random, config: GeneratorConfig, writer: _Writer, event: ClickEvent, now_ms: int):
+def _draw(rng: random.Random, config: GeneratorConfig, event: ClickEvent, now_ms: int) -> GeneratedEvent:
     use_v1 = rng.random() < config.v1_share
     if not use_v1:
         event = event._replace(referrer=rng.choice((None, "https://search.example/", "newsletter")))
@@ -251,7 +275,4 @@ def _publish(rng: random.Random, config: GeneratorConfig, writer: _Writer, event
         event = event._replace(user_agent="Mozilla/5.0 (compatible; Googlebot/2.1)")
     elif kind == "test_user":
         event = event._replace(user_id="test-" + event.user_id)
-    value = writer.encode(event, use_v1)
-    if kind == "malformed":
-        value = _malformed(rng, value)
-    return GeneratedRecord(event.event_time + delay_ms, event.user_id.encode(), value, kind, event)
+    return GeneratedEvent(event.event_time + delay_ms, kind, event, use_v1)

@@ -134,7 +134,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_MS = dt.timedelta(milliseconds=1)
 
 
-def _millis(value: dt.datetime) -> int:
+def epoch_millis(value: dt.datetime) -> int:
     """Exact epoch millis (integer arithmetic: ``timestamp() * 1000`` loses a millisecond to float rounding)."""
     return ((value if value.tzinfo else value.replace(tzinfo=dt.UTC)) - _EPOCH) // _ONE_MS
 
@@ -166,7 +166,7 @@ def from_avro(cls: type, data: Mapping[str, Any]) -> Any:
     for name, inner in _field_types(cls):
         value = data.get(name)
         if isinstance(value, dt.datetime):
-            value = _millis(value)
+            value = epoch_millis(value)
         elif value is not None and hasattr(inner, "_fields"):
             value = from_avro(inner, value)
         elif isinstance(value, list):
