@@ -161,6 +161,8 @@ def _pump(service: IngestionService, source: Iterable[Any], name: str, stopping:
 
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
     client_config = {"bootstrap.servers": args.bootstrap}
     metrics = IngestionMetrics()

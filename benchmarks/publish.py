@@ -1,0 +1,78 @@
+"""Publish throughput for producer batching settings, side by side (like the design article's table).
+
+Runs against a live broker and registry (``make up``; or KAFKA_BOOTSTRAP / SCHEMA_REGISTRY_URL), one
+fresh topic per setting, the same pre-generated events each time, through the product's Publisher
+(Confluent Avro, acks=all, idempotence). ``python -m benchmarks.publish [--events N]``.
+"""
+
+import argparse
+import os
+import sys
+import time
+import uuid
+
+from ingestion.generator import GeneratorConfig, events
+from ingestion.metrics import IngestionMetrics
+from ingestion.publisher import ProducerSettings, Publisher
+from runners.stack.kafka import ensure_topics
+from runners.stack.process import port_open
+from schemas.registry import ConfluentRegistry
+
+SETTINGS = [
+    ("librdkafka defaults", 5, 1_000_000, "none"),
+    ("article 'default' (16 KiB, 0 ms)", 0, 16_384, "none"),
+    ("article code (32 KiB, 5 ms)", 5, 32_768, "none"),
+    ("article optimised (64 KiB, 10 ms)", 10, 65_536, "none"),
+    ("optimised + lz4 (project default)", 10, 65_536, "lz4"),
+    ("256 KiB, 50 ms, lz4", 50, 262_144, "lz4"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8085"))
+    args = parser.parse_args(argv)
+    host, port = args.bootstrap.split(",")[0].rsplit(":", 1)
+    if not port_open(host, int(port)):
+        print(f"error: no broker at {args.bootstrap}; start the local stack with `make up`", file=sys.stderr)
+        return 2
+    now = int(time.time() * 1000)
+    sample = [e.event for e in events(GeneratorConfig(events=args.events, invalid_share=0, malformed_share=0), now)]
+    registry = ConfluentRegistry(args.registry_url)
+    rows = []
+    for label, linger, batch, compression in SETTINGS:
+        topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
+        ensure_topics(args.bootstrap, [topic], partitions=6)
+        metrics = IngestionMetrics()
+        settings = ProducerSettings(linger_ms=linger, batch_size=batch, compression=compression)
+        publisher = Publisher({"bootstrap.servers": args.bootstrap}, topic, registry, settings, metrics)
+        started = time.perf_counter()
+        for event in sample:
+            publisher.publish(event)
+        in_doubt = publisher.close(120)
+        seconds = time.perf_counter() - started
+        latency = metrics.publish_latency.collect()[0].samples
+        total = {s.name: s.value for s in latency if not s.labels.get("le")}
+        mean_ms = (
+            1000
+            * total["ingestion_publish_latency_seconds_sum"]
+            / max(1, total["ingestion_publish_latency_seconds_count"])
+        )
+        rows.append((label, linger, batch, compression, publisher.acked, in_doubt + publisher.failed, seconds, mean_ms))
+    base = rows[1][4] / rows[1][6]
+    print(f"{args.events:,} events per setting, acks=all, idempotence on, 6 partitions, broker {args.bootstrap}")
+    print(
+        f"{'setting':<36}{'linger':>7}{'batch':>9}{'codec':>6}{'acked':>9}{'lost':>6}{'events/s':>11}{'vs 16KiB/0ms':>14}{'mean ack ms':>13}"
+    )
+    for label, linger, batch, codec, acked, lost, seconds, mean_ms in rows:
+        rate = acked / seconds
+        print(
+            f"{label:<36}{linger:>7}{batch:>9}{codec:>6}{acked:>9,}{lost:>6}{rate:>11,.0f}{rate / base:>13.2f}x{mean_ms:>13.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ingestion service against the real local broker and schema registry."""
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import pytest
+import uvicorn
+from confluent_kafka import Consumer, TopicPartition
+
+from ingestion.http import create_app
+from ingestion.limiter import AimdRateLimiter, LimiterSettings
+from ingestion.metrics import IngestionMetrics
+from ingestion.publisher import ProducerSettings, Publisher
+from ingestion.service import IngestionService
+from ingestion.signals import ConsumerLag
+from runners.stack.kafka import ensure_topics
+from schemas.catalog import schema_json
+from schemas.records import ClickEvent, from_avro, to_avro
+from schemas.registry import ConfluentRegistry
+from schemas.serde import ConfluentAvroSerde
+from tests.unit.conftest import make_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def topic(kafka_broker):
+    name = f"it-ingest-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_broker.bootstrap, [name], partitions=3)
+    return name
+
+
+@pytest.fixture
+def publisher(kafka_broker, schema_registry_service, topic):
+    pub = Publisher(
+        {"bootstrap.servers": kafka_broker.bootstrap},
+        topic,
+        ConfluentRegistry(schema_registry_service.url),
+        ProducerSettings(),
+        IngestionMetrics(),
+    )
+    yield pub
+    pub.close()
+
+
+def _consume_all(bootstrap, topic, expected, timeout=30.0):
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    messages, deadline = [], time.monotonic() + timeout
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                messages.append(msg)
+    finally:
+        consumer.close()
+    return messages
+
+
+def test_every_accepted_event_is_acknowledged_and_reads_back_identical(
+    kafka_broker, schema_registry_service, publisher
+):
+    now = int(time.time() * 1000)
+    sent = [
+        make_event(event_id=f"e{i}", user_id=f"u{i % 7}", event_time=now - i, referrer="newsletter" if i % 2 else None)
+        for i in range(500)
+    ]
+    for event in sent:
+        publisher.publish(event)
+    assert publisher.flush() == 0
+    assert (publisher.acked, publisher.failed) == (500, 0)
+
+    reader = ConfluentAvroSerde(ConfluentRegistry(schema_registry_service.url), schema_json("clickstream_event"))
+    messages = _consume_all(kafka_broker.bootstrap, publisher.topic, 500)
+    received = {e.event_id: e for e in (from_avro(ClickEvent, reader.decode(m.value())) for m in messages)}
+    assert len(messages) == 500
+    assert received == {e.event_id: e for e in sent}
+    decoded = [from_avro(ClickEvent, reader.decode(m.value())) for m in messages]
+    assert all(m.timestamp()[1] == e.event_time for m, e in zip(messages, decoded, strict=True))
+
+
+def test_per_key_order_holds_for_keyed_event_types(kafka_broker, schema_registry_service, publisher):
+    now = int(time.time() * 1000)
+    for seq in range(400):
+        user = f"u{seq % 5}"
+        publisher.publish(
+            make_event(event_id=f"{user}-{seq:04d}", user_id=user, event_type="add_to_cart", event_time=now)
+        )
+    assert publisher.flush() == 0
+
+    reader = ConfluentAvroSerde(ConfluentRegistry(schema_registry_service.url), schema_json("clickstream_event"))
+    sequences, partitions = defaultdict(list), defaultdict(set)
+    for msg in sorted(_consume_all(kafka_broker.bootstrap, publisher.topic, 400), key=lambda m: m.offset()):
+        user = msg.key().decode()
+        partitions[user].add(msg.partition())
+        sequences[user].append(reader.decode(msg.value())["event_id"])
+    assert sorted(partitions) == [f"u{i}" for i in range(5)]
+    assert all(len(p) == 1 for p in partitions.values()), "a user's events were spread over partitions"
+    for user, ids in sequences.items():
+        assert ids == sorted(ids), f"{user}: events out of publish order"
+        assert len(ids) == 80
+
+
+def _serve(service):
+    config = uvicorn.Config(create_app(service, max_body_bytes=50_000), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def test_http_batch_returns_a_result_per_event(kafka_broker, publisher):
+    metrics = IngestionMetrics()
+    service = IngestionService(publisher, metrics)
+    server, thread, base = _serve(service)
+    now = int(time.time() * 1000)
+    batch = [
+        to_avro(make_event(event_id="ok-1", event_time=now)),
+        {"event_type": "refund", "user_id": "u1", "event_time": now, "country": "DE"},
+        {**to_avro(make_event(event_id="ok-2", event_time=now)), "country": "se"},
+        {**to_avro(make_event(event_id="bad-amount", event_time=now)), "amount_minor": -5},
+    ]
+    try:
+        response = httpx.post(f"{base}/v1/events", json={"events": batch}, timeout=10)
+        too_big = httpx.post(f"{base}/v1/events", content=b"[" + b" " * 60_000 + b"]", timeout=10)
+        not_json = httpx.post(f"{base}/v1/events", content=b"{nope", timeout=10)
+        scraped = httpx.get(f"{base}/metrics", timeout=10).text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert response.status_code == 207
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (2, 2)
+    results = body["results"]
+    assert [r["status"] for r in results] == ["accepted", "rejected", "accepted", "rejected"]
+    assert results[0]["event_id"] == "ok-1"
+    assert results[1]["code"] == "schema_violation" and "event_type" in results[1]["reason"]
+    assert results[3]["code"] == "amount_out_of_range"
+    assert too_big.status_code == 413 and not_json.status_code == 400
+    assert publisher.flush() == 0 and publisher.acked == 2
+    assert 'ingestion_events_rejected_total{reason="schema_violation"} 1.0' in scraped
+    assert "ingestion_publish_latency_seconds_bucket" in scraped
+    ids = {m.value() for m in _consume_all(kafka_broker.bootstrap, publisher.topic, 2)}
+    assert len(ids) == 2
+
+
+def test_limiter_slows_down_while_a_real_consumer_group_lags_and_recovers(kafka_broker, publisher):
+    now = int(time.time() * 1000)
+    for i in range(300):
+        publisher.publish(make_event(event_id=f"l{i}", event_time=now))
+    assert publisher.flush() == 0
+    group = f"pipeline-{uuid.uuid4().hex[:6]}"
+    client = {"bootstrap.servers": kafka_broker.bootstrap}
+    lag = ConsumerLag(client, group, publisher.topic)
+    settings = LimiterSettings(initial_rate=1000, min_rate=100, max_rate=1000, increase_step=100, max_lag=100)
+    limiter = AimdRateLimiter(settings, {"lag": (lag, 100.0)})
+    try:
+        assert lag.read() == 300  # the group has committed nothing yet
+        assert [limiter.adjust() for _ in range(3)] == [500, 250, 125]
+
+        consumer = Consumer({**client, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe([publisher.topic])
+        consumed, deadline = 0, time.monotonic() + 30
+        while consumed < 300 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                consumed += 1
+        consumer.commit(asynchronous=False)
+        consumer.close()
+        assert lag.read() == 0
+        assert [limiter.adjust() for _ in range(3)] == [225, 325, 425]
+    finally:
+        lag.close()
+
+
+def test_sigterm_flushes_and_loses_nothing(kafka_broker, schema_registry_service, topic, tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingestion",
+            "--bootstrap",
+            kafka_broker.bootstrap,
+            "--registry-url",
+            schema_registry_service.url,
+            "--topic",
+            topic,
+            "--rate",
+            "2000",
+            "--linger-ms",
+            "500",
+            "generate",
+            "--events",
+            "50000",
+            "--invalid-share",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    done = re.search(r"done: sent ([\d,]+) acked ([\d,]+) failed 0", stderr)
+    assert done, stderr[-2000:]
+    sent, acked = (int(g.replace(",", "")) for g in done.groups())
+    assert 0 < sent < 50_000 and sent == acked
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "count"})
+    try:
+        total = 0
+        for partition in range(3):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            total += high - low
+    finally:
+        consumer.close()
+    assert total == acked
