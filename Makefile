@@ -48,8 +48,9 @@ else
 	@echo "RUNNER=$(RUNNER) is not available yet: the Flink profile needs the local stack (see README)" >&2; exit 2
 endif
 
-bench: setup ## Print the coder benchmark table
+bench: setup ## Print the benchmark tables (coders; publish throughput, which needs `make up`)
 	$(BIN)/python -m benchmarks.coders
+	$(BIN)/python -m benchmarks.publish
 
 clean: ## Remove the venv, run outputs and caches
 	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info
