@@ -45,7 +45,7 @@ run: setup ## Run the pipeline (RUNNER=direct: generated sample on the DirectRun
 ifeq ($(RUNNER),direct)
 	$(BIN)/python -m beam_pipelines.clickstream --profile direct --sample-events $(EVENTS) --seed $(SEED)
 else
-	@echo "RUNNER=$(RUNNER) is not available yet: the Flink profile needs the local stack (see README)" >&2; exit 2
+	@echo "RUNNER=$(RUNNER) is not available: Beam's Flink job server jar cannot be fetched here (README, Status)" >&2; exit 2
 endif
 
 bench: setup ## Print the benchmark tables (coders; publish throughput, which needs `make up`)
