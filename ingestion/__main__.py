@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     tuning.add_argument(
         "--compression", default=defaults.compression, choices=["none", "gzip", "snappy", "lz4", "zstd"]
     )
+    tuning.add_argument(
+        "--delivery-timeout-ms", type=int, default=defaults.delivery_timeout_ms, help="give up on a message after this"
+    )
     rate = parser.add_argument_group("rate limiting")
     rate.add_argument("--rate", type=float, default=None, help="events/s (the ceiling when --adaptive)")
     rate.add_argument(
@@ -167,7 +170,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     client_config = {"bootstrap.servers": args.bootstrap}
     metrics = IngestionMetrics()
     limiter = _limiter(args, metrics, client_config)
-    settings = ProducerSettings(linger_ms=args.linger_ms, batch_size=args.batch_size, compression=args.compression)
+    settings = ProducerSettings(
+        linger_ms=args.linger_ms,
+        batch_size=args.batch_size,
+        compression=args.compression,
+        delivery_timeout_ms=args.delivery_timeout_ms,
+    )
     publisher = Publisher(client_config, args.topic, ConfluentRegistry(args.registry_url), settings, metrics, limiter)
     service = IngestionService(publisher, metrics, rejects_path=args.rejects)
     progress = _Progress(service, limiter)

@@ -74,6 +74,7 @@ class Publisher:
         self._serde.schema_id()  # register up front: a registry refusal fails the start, not each event
         self._producer = Producer({**client_config, **settings.librdkafka_config()})
         self._lock = threading.Lock()
+        self._delivered = threading.Condition(self._lock)  # signalled per delivery report: queue space freed
         self.sent = 0
         self.acked = 0
         self.failed = 0
@@ -103,17 +104,19 @@ class Publisher:
                 break
             except BufferError:
                 self._metrics.buffer_full.inc()
-                self._producer.poll(0.1)
+                with self._delivered:  # the report thread frees space; wake on the next delivery report
+                    self._delivered.wait(0.1)
         with self._lock:
             self.sent += 1
         self._metrics.queue_depth.set(len(self._producer))
 
     def _on_delivery(self, err: Optional[KafkaError], sent_at: float) -> None:
-        with self._lock:
+        with self._delivered:
             if err is None:
                 self.acked += 1
             else:
                 self.failed += 1
+            self._delivered.notify_all()
         if err is None:
             self._metrics.published.labels(self.topic).inc()
             self._metrics.publish_latency.observe(time.monotonic() - sent_at)

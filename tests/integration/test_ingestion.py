@@ -228,3 +228,45 @@ def test_sigterm_flushes_and_loses_nothing(kafka_broker, schema_registry_service
     finally:
         consumer.close()
     assert total == acked
+
+
+def test_a_full_local_queue_is_waited_out_not_dropped(kafka_broker, schema_registry_service, topic):
+    metrics = IngestionMetrics()
+    publisher = Publisher(
+        {"bootstrap.servers": kafka_broker.bootstrap},
+        topic,
+        ConfluentRegistry(schema_registry_service.url),
+        ProducerSettings(queue_max_messages=5, linger_ms=1),
+        metrics,
+    )
+    now = int(time.time() * 1000)
+    for i in range(2000):
+        publisher.publish(make_event(event_id=f"q{i}", event_time=now))
+    assert publisher.close() == 0
+    assert (publisher.acked, publisher.failed) == (2000, 0)
+    assert metrics.buffer_full._value.get() > 0  # the queue really was full, and nothing was lost
+    assert len(_consume_all(kafka_broker.bootstrap, topic, 2000)) == 2000
+
+
+def test_exit_code_is_1_when_kafka_does_not_acknowledge(schema_registry_service):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingestion",
+            "--bootstrap",
+            "127.0.0.1:1",  # nothing listens here
+            "--registry-url",
+            schema_registry_service.url,
+            "--delivery-timeout-ms",
+            "1500",
+            "generate",
+            "--events",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert re.search(r"error: \d+ events failed, 0 still unacknowledged", result.stderr), result.stderr[-1500:]
