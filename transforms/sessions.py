@@ -13,7 +13,6 @@ than the allowed lateness are dropped by the GroupByKey and counted by a sibling
 from typing import Dict, Iterator, NamedTuple, Optional, Set, Tuple
 
 import apache_beam as beam
-from apache_beam.transforms import trigger
 from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import Sessions
 from apache_beam.typehints.decorators import IOTypeHints
@@ -22,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import EnrichedEvent, SessionSummary
 from transforms.late_data import LateDataConfig, LateDataMonitor
+from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
+from transforms.windowing import event_time_windowing, window_into
 
 STAGE = "sessions"
 PURCHASE = "purchase"
@@ -161,12 +162,8 @@ class _ToSessionSummary(beam.DoFn):
 
 
 def _windowing(config: SessionWindowConfig) -> Windowing:
-    early = trigger.AfterProcessingTime(config.early_firing_seconds) if config.early_firing_seconds else None
-    return Windowing(
-        Sessions(config.gap_seconds),
-        triggerfn=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
-        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-        allowed_lateness=config.allowed_lateness_seconds,
+    return event_time_windowing(
+        Sessions(config.gap_seconds), config.allowed_lateness_seconds, config.early_firing_seconds
     )
 
 
@@ -178,8 +175,7 @@ class UserSessions(beam.PTransform[beam.PCollection[EnrichedEvent], UserSessions
         self._config = config or SessionWindowConfig()
 
     def default_type_hints(self) -> IOTypeHints:
-        # Beam only understands PCollection output hints; ours is a NamedTuple of PCollections.
-        return IOTypeHints.empty().with_input_types(EnrichedEvent)
+        return multi_output_hints(EnrichedEvent)
 
     def expand(self, events: beam.PCollection[EnrichedEvent]) -> UserSessionsResult:
         windowing = _windowing(self._config)
@@ -187,14 +183,7 @@ class UserSessions(beam.PTransform[beam.PCollection[EnrichedEvent], UserSessions
         sessions = (
             events
             | "KeyByUser" >> beam.Map(_fact).with_output_types(Tuple[str, _Fact])
-            # Not WindowInto(windowing): Beam 2.76 drops a Windowing's allowed_lateness there (resets it to 0).
-            | "Window"
-            >> beam.WindowInto(
-                windowing.windowfn,
-                trigger=windowing.triggerfn,
-                accumulation_mode=windowing.accumulation_mode,
-                allowed_lateness=windowing.allowed_lateness,
-            )
+            | "Window" >> window_into(windowing)
             | "Summarize" >> beam.CombinePerKey(_SessionStatsFn())
             | "ToSessionSummary" >> beam.ParDo(_ToSessionSummary()).with_output_types(SessionSummary)
         )

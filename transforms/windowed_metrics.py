@@ -15,7 +15,6 @@ import math
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.transforms import trigger
 from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import FixedWindows, IntervalWindow
 from apache_beam.typehints.decorators import IOTypeHints
@@ -24,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.records import EnrichedEvent, WindowMetric
 from transforms.late_data import LateDataConfig, LateDataMonitor
+from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
+from transforms.windowing import event_time_windowing, window_into
 
 STAGE = "windowed_metrics"
 UNKNOWN_CATEGORY = "unknown"
@@ -156,12 +157,8 @@ class _ToWindowMetric(beam.DoFn):
 
 
 def _windowing(config: TumblingWindowConfig) -> Windowing:
-    early = trigger.AfterProcessingTime(config.early_firing_seconds) if config.early_firing_seconds else None
-    return Windowing(
-        FixedWindows(config.size_seconds),
-        triggerfn=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
-        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-        allowed_lateness=config.allowed_lateness_seconds,
+    return event_time_windowing(
+        FixedWindows(config.size_seconds), config.allowed_lateness_seconds, config.early_firing_seconds
     )
 
 
@@ -173,8 +170,7 @@ class WindowedMetrics(beam.PTransform[beam.PCollection[EnrichedEvent], WindowedM
         self._config = config or TumblingWindowConfig()
 
     def default_type_hints(self) -> IOTypeHints:
-        # Beam only understands PCollection output hints; ours is a NamedTuple of PCollections.
-        return IOTypeHints.empty().with_input_types(EnrichedEvent)
+        return multi_output_hints(EnrichedEvent)
 
     def expand(self, events: beam.PCollection[EnrichedEvent]) -> WindowedMetricsResult:
         windowing = _windowing(self._config)
@@ -182,14 +178,7 @@ class WindowedMetrics(beam.PTransform[beam.PCollection[EnrichedEvent], WindowedM
         metrics = (
             events
             | "KeyByDimensions" >> beam.Map(_dimensions).with_output_types(Tuple[_Dimensions, Optional[int]])
-            # Not WindowInto(windowing): Beam 2.76 drops a Windowing's allowed_lateness there (resets it to 0).
-            | "Window"
-            >> beam.WindowInto(
-                windowing.windowfn,
-                trigger=windowing.triggerfn,
-                accumulation_mode=windowing.accumulation_mode,
-                allowed_lateness=windowing.allowed_lateness,
-            )
+            | "Window" >> window_into(windowing)
             | "Aggregate" >> beam.CombinePerKey(_AmountStatsFn())
             | "ToWindowMetric" >> beam.ParDo(_ToWindowMetric()).with_output_types(WindowMetric)
         )

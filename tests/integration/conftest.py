@@ -98,3 +98,39 @@ def schema_registry_service(kafka_broker: Kafka) -> Iterator[SchemaRegistry]:
 
 
 # --- end of Kafka broker + schema registry -------------------------------------------------------------------
+
+
+# --- Flink session cluster (JobManager + TaskManager) --------------------------------------------------------
+# Own component name (it-flink: pid files, logs, config, checkpoints under .stack/) and ports, so this fixture
+# never touches a cluster started by `make up`. The distribution (PyPI) and plugin jars are shared under
+# .stack/flink/ and installed once.
+
+from runners.stack.flink import Flink  # noqa: E402
+
+FLINK_STACK = StackSettings()
+FLINK_PORTS = {
+    "rest_port": int(os.environ.get("IT_FLINK_REST_PORT", "18081")),
+    "rpc_port": int(os.environ.get("IT_FLINK_RPC_PORT", "16123")),
+    "metrics_ports": (
+        int(os.environ.get("IT_FLINK_METRICS_PORT_LOW", "19250")),
+        int(os.environ.get("IT_FLINK_METRICS_PORT_HIGH", "19260")),
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def flink_cluster() -> Iterator[Flink]:
+    """A running Flink session cluster (1 JobManager, 1 TaskManager, 2 slots); stopped (by pid) at session end."""
+    component = Flink(FLINK_STACK, name="it-flink", **FLINK_PORTS)
+    try:
+        if not component.pids["jobmanager"]:
+            shutil.rmtree(component.checkpoint_dir, ignore_errors=True)
+            shutil.rmtree(component.savepoint_dir, ignore_errors=True)
+        component.install()
+        component.start()
+        yield component
+    finally:
+        component.stop()
+
+
+# --- end of Flink session cluster ----------------------------------------------------------------------------
