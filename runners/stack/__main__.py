@@ -14,6 +14,7 @@ COMPONENTS = (
     "runners.stack.registry:SchemaRegistry",
     "runners.stack.postgres:Postgres",
     "runners.stack.redis:Redis",
+    "runners.stack.flink:Flink",
 )
 
 

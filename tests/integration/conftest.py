@@ -134,3 +134,80 @@ def flink_cluster() -> Iterator[Flink]:
 
 
 # --- end of Flink session cluster ----------------------------------------------------------------------------
+
+
+# --- Monitoring: consumer-lag exporter + Prometheus -----------------------------------------------------------
+# Own component names (it-lag-exporter, it-prometheus: pid files, logs and TSDB under .stack/) and ports, so these
+# fixtures never touch a stack started by `make up`. The exporter watches one group on a topic named per session
+# (a broker left running by an earlier session keeps its topics); Prometheus scrapes it every second with the
+# repository's alert rules loaded, and its TSDB is wiped at session start.
+
+import sys  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from runners.stack.process import ManagedProcess, port_open, require_free_port, stack_path, wait_until  # noqa: E402
+from runners.stack.prometheus import Prometheus  # noqa: E402
+
+MONITORING_TOPIC = f"it-monitoring-lag-{uuid.uuid4().hex[:8]}"
+MONITORING_GROUP = "it-monitoring-group"
+LAG_EXPORTER_PORT = int(os.environ.get("IT_LAG_EXPORTER_PORT", "19308"))
+PROMETHEUS_PORT = int(os.environ.get("IT_PROMETHEUS_PORT", "19090"))
+MONITORING_RULES = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus" / "rules"
+
+
+@pytest.fixture(scope="session")
+def lag_exporter(kafka_broker: Kafka) -> Iterator[str]:
+    """``python -m runners.lag_exporter`` for MONITORING_GROUP on MONITORING_TOPIC; yields its /metrics URL."""
+    proc = ManagedProcess("it-lag-exporter")
+    host = KAFKA_STACK.host
+    try:
+        if proc.pid() is None:
+            require_free_port(host, LAG_EXPORTER_PORT, proc.name)
+        proc.start(
+            [
+                sys.executable,
+                "-m",
+                "runners.lag_exporter",
+                f"--bootstrap={kafka_broker.bootstrap}",
+                f"--group={MONITORING_GROUP}",
+                f"--topic={MONITORING_TOPIC}",
+                f"--host={host}",
+                f"--port={LAG_EXPORTER_PORT}",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        wait_until(lambda: port_open(host, LAG_EXPORTER_PORT), 30, "lag exporter", proc.log_file)
+        yield f"http://{host}:{LAG_EXPORTER_PORT}/metrics"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(lag_exporter: str) -> Iterator[Prometheus]:
+    """Our Prometheus scraping the lag exporter (job ``lag-exporter``) every second, with the alert rules loaded."""
+    config = stack_path("it-prometheus", "prometheus.yml")
+    target = lag_exporter.split("//", 1)[1].split("/", 1)[0]
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(MONITORING_RULES / "*.yml")],
+                "scrape_configs": [{"job_name": "lag-exporter", "static_configs": [{"targets": [target]}]}],
+            }
+        )
+    )
+    component = Prometheus(KAFKA_STACK, name="it-prometheus", port=PROMETHEUS_PORT, config=config)
+    try:
+        if component.pid is None:
+            shutil.rmtree(component.data_dir, ignore_errors=True)
+        component.install()
+        component.start()
+        yield component
+    finally:
+        component.stop()
+
+
+# --- end of monitoring ------------------------------------------------------------------------------------------
