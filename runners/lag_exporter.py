@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConsumerGroupTopicPartitions, OffsetSpec
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -133,9 +133,11 @@ class LagCollector(Collector):
         lag = GaugeMetricFamily(
             "kafka_consumergroup_lag", "End offset minus committed offset (start offset if none).", labels=labels
         )
-        end = GaugeMetricFamily("kafka_topic_partition_end_offset", "Next offset to write.", ["topic", "partition"])
+        end = GaugeMetricFamily(
+            "kafka_topic_partition_end_offset", "Next offset to write.", labels=["topic", "partition"]
+        )
         start = GaugeMetricFamily(
-            "kafka_topic_partition_start_offset", "Oldest offset still retained.", ["topic", "partition"]
+            "kafka_topic_partition_start_offset", "Oldest offset still retained.", labels=["topic", "partition"]
         )
         seen: set[tuple[str, int]] = set()
         for row in rows:

@@ -15,6 +15,7 @@ COMPONENTS = (
     "runners.stack.postgres:Postgres",
     "runners.stack.redis:Redis",
     "runners.stack.flink:Flink",
+    "runners.stack.prometheus:Prometheus",
 )
 
 
