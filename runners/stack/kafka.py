@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Optional
 
 from beam_pipelines.settings import PipelineSettings
-from runners.stack.postgres import install_debian_packages
 from runners.stack.process import (
     STACK_DIR,
     Health,
     ManagedProcess,
     StackError,
+    install_debian_packages,
     port_open,
     require_free_port,
     stack_path,

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import psycopg
 from psycopg import sql
@@ -26,6 +26,7 @@ from runners.stack.process import (
     ManagedProcess,
     StackError,
     _alive,
+    install_debian_packages,
     require_free_port,
     stack_path,
     wait_until,
@@ -47,33 +48,6 @@ CREATE TABLE IF NOT EXISTS user_profiles (
 """
 
 _SOCKET_PATH_MAX = 100  # the kernel's limit for a unix socket path is 107 bytes, ".s.PGSQL.<port>" included
-
-
-def install_debian_packages(component: str, packages: list[str], present: Callable[[], bool]) -> None:
-    """``apt-get install`` ``packages`` unless ``present()``; services stay stopped (we run our own process)."""
-    if present():
-        return
-    if os.geteuid() != 0:
-        raise StackError(f"{component}: not installed; run `sudo apt-get install -y {' '.join(packages)}`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:  # keep the package's init script from starting a system service on our port
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        for argv in (
-            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-qq"],
-            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "--no-install-recommends", *packages],
-        ):
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                raise StackError(f"{component}: `{' '.join(argv)}` failed: {done.stderr.strip()[-2000:]}")
-    finally:
-        if own_policy:
-            policy.unlink(missing_ok=True)
-    if not present():
-        raise StackError(f"{component}: {' '.join(packages)} installed but still not found")
 
 
 def postgres_dsn(stack: StackSettings, database: str = DATABASE) -> str:

@@ -148,3 +148,30 @@ def _start_time(pid: int) -> Optional[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def install_debian_packages(component: str, packages: list[str], present: Callable[[], bool]) -> None:
+    """``apt-get install`` ``packages`` unless ``present()``; services stay stopped (we run our own process)."""
+    if present():
+        return
+    if os.geteuid() != 0:
+        raise StackError(f"{component}: not installed; run `sudo apt-get install -y {' '.join(packages)}`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    if own_policy:  # keep the package's init script from starting a system service on our port
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        for argv in (
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-qq"],
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        ):
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                raise StackError(f"{component}: `{' '.join(argv)}` failed: {done.stderr.strip()[-2000:]}")
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
+    if not present():
+        raise StackError(f"{component}: {' '.join(packages)} installed but still not found")

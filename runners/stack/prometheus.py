@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from beam_pipelines.settings import PipelineSettings
-from runners.stack.postgres import install_debian_packages
 from runners.stack.process import (
     REPO_ROOT,
     Health,
     ManagedProcess,
     StackError,
+    install_debian_packages,
     require_free_port,
     stack_path,
     wait_until,

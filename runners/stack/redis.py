@@ -12,11 +12,11 @@ import redis
 
 from beam_pipelines.settings import PipelineSettings
 from ingestion.generator import GeneratorConfig
-from runners.stack.postgres import install_debian_packages
 from runners.stack.process import (
     Health,
     ManagedProcess,
     StackError,
+    install_debian_packages,
     require_free_port,
     stack_path,
     wait_until,
