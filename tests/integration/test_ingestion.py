@@ -270,3 +270,13 @@ def test_exit_code_is_1_when_kafka_does_not_acknowledge(schema_registry_service)
     )
     assert result.returncode == 1
     assert re.search(r"error: \d+ events failed, 0 still unacknowledged", result.stderr), result.stderr[-1500:]
+
+
+def test_latency_signal_reads_a_real_prometheus(prometheus_server):
+    from ingestion.signals import PrometheusLatency
+
+    url = f"http://{prometheus_server.address}"
+    assert PrometheusLatency(url, "vector(2.5)").read() == 2.5
+    assert PrometheusLatency(url, 'up{job="no-such-job"}').read() is None  # no series: no opinion, no change
+    assert PrometheusLatency(url, "this is not promql").read() is None
+    assert PrometheusLatency("http://127.0.0.1:1", "vector(1)").read() is None  # unreachable
