@@ -52,6 +52,7 @@ bench: setup ## Print the benchmark tables (coders; publish throughput, which ne
 	$(BIN)/python -m benchmarks.coders
 	$(BIN)/python -m benchmarks.publish
 
-clean: ## Remove the venv, run outputs and caches
+clean: ## Stop the local stack, remove the venv, stack data, run outputs and caches
+	-test -x $(BIN)/python && $(BIN)/python -m runners.stack down
 	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
