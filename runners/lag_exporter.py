@@ -67,6 +67,29 @@ class LagReader:
             {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000)},
             logger=logging.getLogger("runners.lag_exporter.librdkafka"),
         )
+        self._coordinated: set[str] = set()
+
+    def _await_coordinator(self, group: str) -> None:
+        """Wait until the group's coordinator answers before the first offset read for it.
+
+        librdkafka can crash (segfault) in ListConsumerGroupOffsets when the reply is NOT_COORDINATOR, which a
+        freshly started broker sends while it loads __consumer_offsets (librdkafka issue #5040). Describing
+        the group first is harmless and returns an ordinary error until the coordinator is ready.
+        """
+        if group in self._coordinated:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self._admin.describe_consumer_groups([group], request_timeout=self.timeout_s)[group].result(
+                    timeout=self.timeout_s
+                )
+                self._coordinated.add(group)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def read(self) -> list[PartitionLag]:
         """Every partition of the configured topics (or, without topics, every partition the group committed on)."""
@@ -75,6 +98,7 @@ class LagReader:
             return []
         committed: dict[tuple[str, str, int], int] = {}
         for group in self.groups:
+            self._await_coordinator(group)
             request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in explicit] or None)
             future = self._admin.list_consumer_group_offsets([request], request_timeout=self.timeout_s)[group]
             for tp in future.result(timeout=self.timeout_s).topic_partitions or []:
