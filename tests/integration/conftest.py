@@ -210,4 +210,60 @@ def prometheus_server(lag_exporter: str) -> Iterator[Prometheus]:
         component.stop()
 
 
+# Seeded lag data shared by every test that scrapes the lag exporter.
+import time  # noqa: E402
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+
+from runners.stack.kafka import ensure_topics  # noqa: E402
+
+PRODUCED = {0: 5, 1: 7, 2: 9}  # messages per partition: N = 21
+COMMITTED = {0: 2, 1: 7}  # partition 2 has no committed offset: M = 9
+EXPECTED_LAG = {0: 3, 1: 0, 2: 9}  # uncommitted partition: everything retained counts; sum = N - M = 12
+
+
+_COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+def commit_monitoring_offsets(bootstrap: str, offsets: dict[int, int], timeout: float = 30.0) -> None:
+    """Commit ``offsets`` for MONITORING_GROUP, retrying while a fresh broker still sets up its group coordinator."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = ConsumerGroupTopicPartitions(
+        MONITORING_GROUP, [TopicPartition(MONITORING_TOPIC, p, o) for p, o in offsets.items()]
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = admin.alter_consumer_group_offsets([request], request_timeout=10)[MONITORING_GROUP].result(15)
+            errors = [tp.error for tp in result.topic_partitions if tp.error is not None]
+        except KafkaException as err:
+            errors = [err.args[0]]
+        if not errors:
+            return
+        if time.monotonic() > deadline or not all(e.code() in _COORDINATOR_NOT_READY for e in errors):
+            raise AssertionError(f"committing {offsets} failed: {errors}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def lag_topic(kafka_broker: Kafka) -> str:
+    """MONITORING_TOPIC with PRODUCED messages per partition and COMMITTED offsets for MONITORING_GROUP.
+
+    Session-wide and the only writer of that topic, so every test that scrapes the lag exporter sees the same data.
+    """
+    ensure_topics(kafka_broker.bootstrap, [MONITORING_TOPIC], partitions=len(PRODUCED))
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
+    for partition, count in PRODUCED.items():
+        for i in range(count):
+            producer.produce(MONITORING_TOPIC, value=f"m{i}".encode(), partition=partition)
+    assert producer.flush(15) == 0
+    commit_monitoring_offsets(kafka_broker.bootstrap, COMMITTED)
+    return MONITORING_TOPIC
+
+
 # --- end of monitoring ------------------------------------------------------------------------------------------

@@ -16,16 +16,15 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from prometheus_client import start_http_server
 
 from ingestion.metrics import IngestionMetrics
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
-from runners.stack.kafka import Kafka, ensure_topics
 from runners.stack.process import StackError, require_free_port, stack_path
 from runners.stack.prometheus import Prometheus
-from tests.integration.conftest import KAFKA_STACK, MONITORING_GROUP, MONITORING_TOPIC, PROMETHEUS_PORT
+from tests.integration.conftest import KAFKA_STACK, PROMETHEUS_PORT
 from tests.unit.test_dashboards import dashboard_expressions
 
 pytestmark = pytest.mark.integration
@@ -77,15 +76,9 @@ def ingestion_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def lag_data(kafka_broker: Kafka) -> str:
-    """The lag exporter's topic exists and holds messages (test_monitoring creates it too, idempotently)."""
-    ensure_topics(kafka_broker.bootstrap, [MONITORING_TOPIC], partitions=3)
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
-    for partition in range(3):
-        producer.produce(MONITORING_TOPIC, value=b"dashboard", partition=partition)
-    assert producer.flush(15) == 0
-    _wait_for_group_coordinator(kafka_broker.bootstrap, MONITORING_GROUP)
-    return MONITORING_TOPIC
+def lag_data(lag_topic: str) -> str:
+    """The exporter's topic with the session's seeded lag data (written only by the ``lag_topic`` fixture)."""
+    return lag_topic
 
 
 def _wait_for_group_coordinator(bootstrap: str, group: str, timeout: float = 30.0) -> None:

@@ -14,65 +14,27 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from runners.lag_exporter import LagCollector, LagReader
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
-from runners.stack.kafka import Kafka, ensure_topics
+from runners.stack.kafka import Kafka
 from runners.stack.process import stack_path
 from runners.stack.prometheus import Prometheus
-from tests.integration.conftest import KAFKA_STACK, MONITORING_GROUP, MONITORING_TOPIC, PROMETHEUS_PORT
+from tests.integration.conftest import (
+    COMMITTED,
+    EXPECTED_LAG,
+    KAFKA_STACK,
+    MONITORING_GROUP,
+    PRODUCED,
+    PROMETHEUS_PORT,
+    commit_monitoring_offsets,
+)
 
 pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus" / "rules" / "pipeline-alerts.yml"
 FLINK_PROMETHEUS_PORT = PROMETHEUS_PORT + 1
-
-PRODUCED = {0: 5, 1: 7, 2: 9}  # messages per partition: N = 21
-COMMITTED = {0: 2, 1: 7}  # partition 2 has no committed offset: M = 9
-EXPECTED_LAG = {0: 3, 1: 0, 2: 9}  # uncommitted partition: everything retained counts; sum = N - M = 12
-
-
-_COORDINATOR_NOT_READY = {
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-}
-
-
-def _commit(bootstrap: str, offsets: dict[int, int], timeout: float = 30.0) -> None:
-    """Commit ``offsets`` for MONITORING_GROUP, retrying while a fresh broker still sets up its group coordinator."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    request = ConsumerGroupTopicPartitions(
-        MONITORING_GROUP, [TopicPartition(MONITORING_TOPIC, p, o) for p, o in offsets.items()]
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = admin.alter_consumer_group_offsets([request], request_timeout=10)[MONITORING_GROUP].result(15)
-            errors = [tp.error for tp in result.topic_partitions if tp.error is not None]
-        except KafkaException as err:
-            errors = [err.args[0]]
-        if not errors:
-            return
-        if time.monotonic() > deadline or not all(e.code() in _COORDINATOR_NOT_READY for e in errors):
-            raise AssertionError(f"committing {offsets} failed: {errors}")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def lag_topic(kafka_broker: Kafka) -> str:
-    """MONITORING_TOPIC with PRODUCED messages per partition and COMMITTED offsets for MONITORING_GROUP."""
-    ensure_topics(kafka_broker.bootstrap, [MONITORING_TOPIC], partitions=len(PRODUCED))
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
-    for partition, count in PRODUCED.items():
-        for i in range(count):
-            producer.produce(MONITORING_TOPIC, value=f"m{i}".encode(), partition=partition)
-    assert producer.flush(15) == 0
-    _commit(kafka_broker.bootstrap, COMMITTED)
-    return MONITORING_TOPIC
 
 
 def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -107,10 +69,11 @@ def test_exporter_reports_committed_end_and_lag_per_partition(lag_topic: str, la
 def test_exporter_reads_kafka_on_every_scrape(lag_topic: str, lag_exporter: str, kafka_broker: Kafka) -> None:
     """A new commit shows up in the next scrape: the exporter caches nothing."""
     try:
-        _commit(kafka_broker.bootstrap, {2: 4})
+        commit_monitoring_offsets(kafka_broker.bootstrap, {2: 4})
         assert _by_partition(_scrape(lag_exporter)["kafka_consumergroup_lag"]) == {**EXPECTED_LAG, 2: 5}
     finally:
-        _commit(kafka_broker.bootstrap, {2: 0})  # the Prometheus test below expects partition 2 fully behind
+        # the Prometheus test below expects partition 2 fully behind
+        commit_monitoring_offsets(kafka_broker.bootstrap, {2: 0})
     assert _by_partition(_scrape(lag_exporter)["kafka_consumergroup_lag"]) == {**EXPECTED_LAG, 2: 9}
 
 
