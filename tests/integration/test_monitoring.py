@@ -93,12 +93,6 @@ def _eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
         time.sleep(0.5)
 
 
-def _query_n(prometheus: Prometheus, promql: str, n: int) -> list[dict[str, Any]]:
-    """The query's result once it has ``n`` series (a partly scraped target shows fewer), else empty."""
-    result = prometheus.query(promql)
-    return result if len(result) == n else []
-
-
 def test_prometheus_scrapes_the_exporter_and_loads_the_alert_rules(
     lag_topic: str, prometheus_server: Prometheus
 ) -> None:
@@ -106,14 +100,20 @@ def test_prometheus_scrapes_the_exporter_and_loads_the_alert_rules(
     assert len(up) == 1, prometheus_server.api("targets")
 
     query = f'kafka_consumergroup_lag{{job="lag-exporter", group="{MONITORING_GROUP}", topic="{lag_topic}"}}'
-    series = _eventually(lambda: _query_n(prometheus_server, query, len(PRODUCED)))
-    assert series, f"no lag series for {query}"
-    assert {int(s["metric"]["partition"]): float(s["value"][1]) for s in series} == EXPECTED_LAG
+
+    def lag_by_partition() -> dict[int, float]:
+        return {int(s["metric"]["partition"]): float(s["value"][1]) for s in prometheus_server.query(query)}
+
+    # Wait for the expected values, not just for series: an earlier test moves the commits and scrapes trail.
+    assert _eventually(lambda: lag_by_partition() == EXPECTED_LAG), lag_by_partition()
 
     # The recording rule behind ConsumerLagGrowing, evaluated by this Prometheus on the exporter's real output.
     total = f'group_topic:kafka_consumergroup_lag:sum{{group="{MONITORING_GROUP}", topic="{lag_topic}"}}'
-    recorded = _eventually(lambda: prometheus_server.query(total))
-    assert [float(s["value"][1]) for s in recorded] == [sum(EXPECTED_LAG.values())]
+    expected_total = [float(sum(EXPECTED_LAG.values()))]  # the rule trails the scrapes by an evaluation
+    recorded = _eventually(
+        lambda: [s for s in prometheus_server.query(total) if [float(s["value"][1])] == expected_total]
+    )
+    assert [float(s["value"][1]) for s in recorded] == expected_total
 
     rules = prometheus_server.api("rules", type="alert")["groups"]
     alerts = {rule["name"]: rule for group in rules for rule in group["rules"]}
