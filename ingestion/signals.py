@@ -4,47 +4,32 @@ import logging
 from typing import Optional
 
 import httpx
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
+
+from ingestion.consumer_lag import LagReader
 
 _LOG = logging.getLogger(__name__)
 
 
 class ConsumerLag:
-    """Total lag of a consumer group on a topic: end offsets minus committed offsets, over all partitions.
+    """Total lag of a consumer group on a topic, over all partitions (see ``LagReader`` for what counts).
 
-    A partition the group has never committed counts from its low watermark, so a pipeline that has
+    A partition the group has never committed counts everything still retained, so a pipeline that has
     not started yet shows as lagging instead of healthy.
     """
 
     def __init__(self, client_config: dict[str, str], group: str, topic: str, timeout: float = 5.0):
-        self._topic = topic
-        self._timeout = timeout
-        self._consumer = Consumer(
-            {**client_config, "group.id": group, "enable.auto.commit": False, "client.id": "ingestion-lag-probe"}
-        )
-
-    def per_partition(self) -> dict[int, int]:
-        metadata = self._consumer.list_topics(self._topic, timeout=self._timeout)
-        partitions = [TopicPartition(self._topic, p) for p in metadata.topics[self._topic].partitions]
-        committed = self._consumer.committed(partitions, timeout=self._timeout)
-        lags = {}
-        for tp in committed:
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, tp.partition), timeout=self._timeout
-            )
-            start = tp.offset if tp.offset >= 0 else low
-            lags[tp.partition] = max(0, high - start)
-        return lags
+        self._reader = LagReader(client_config, [group], [topic], timeout)
 
     def read(self) -> Optional[float]:
         try:
-            return float(sum(self.per_partition().values()))
-        except (KafkaException, KeyError) as err:
+            partitions = self._reader.read()
+        except (KafkaException, TimeoutError) as err:
             _LOG.warning("consumer lag unavailable: %s", err)
             return None
-
-    def close(self) -> None:
-        self._consumer.close()
+        if not partitions:  # the topic does not exist (yet): no opinion, rather than "healthy"
+            return None
+        return float(sum(p.lag for p in partitions))
 
 
 class PrometheusLatency:

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from runners.lag_exporter import LagCollector, LagReader
+from ingestion.consumer_lag import LagReader
+from runners.lag_exporter import LagCollector
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
 from runners.stack.kafka import Kafka
 from runners.stack.process import stack_path
@@ -78,7 +79,7 @@ def test_exporter_reads_kafka_on_every_scrape(lag_topic: str, lag_exporter: str,
 
 
 def test_exporter_reports_down_when_kafka_is_unreachable() -> None:
-    reader = LagReader("127.0.0.1:1", ["nobody"], ["nothing"], timeout_s=1.0)
+    reader = LagReader({"bootstrap.servers": "127.0.0.1:1"}, ["nobody"], ["nothing"], timeout_s=1.0)
     families = {family.name: family for family in LagCollector(reader).collect()}
     assert families["kafka_lag_exporter_up"].samples[0].value == 0
     assert families["kafka_consumergroup_lag"].samples == []

@@ -26,23 +26,8 @@ from schemas.records import (
     UserProfile,
     WindowMetric,
 )
-from tests.unit.conftest import batch_options
+from tests.unit.conftest import CLICK, batch_options
 
-CLICK = ClickEvent(
-    event_id="4f9c2a1e-8b7d-4c3e-9a6f-2d1b0c9e8f7a",
-    event_type="purchase",
-    user_id="u-000042",
-    session_hint="s-9f8e7d",
-    product_id="sku-1001",
-    amount_minor=12999,
-    currency="EUR",
-    event_time=1_717_236_000_123,
-    device="mobile",
-    country="DE",
-    user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
-    referrer="https://www.google.com/",
-    properties={"page": "/checkout/confirm", "campaign": "summer-sale", "ab_bucket": "B"},
-)
 KAFKA = KafkaRecord(
     key=b"u-000042",
     value=b"\x00\x00\x00\x00\x01payload",
