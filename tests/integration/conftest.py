@@ -142,6 +142,7 @@ def flink_cluster() -> Iterator[Flink]:
 # (a broker left running by an earlier session keeps its topics); Prometheus scrapes it every second with the
 # repository's alert rules loaded, and its TSDB is wiped at session start.
 
+import contextlib  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -185,29 +186,34 @@ def lag_exporter(kafka_broker: Kafka) -> Iterator[str]:
         proc.stop()
 
 
-@pytest.fixture(scope="session")
-def prometheus_server(lag_exporter: str) -> Iterator[Prometheus]:
-    """Our Prometheus scraping the lag exporter (job ``lag-exporter``) every second, with the alert rules loaded."""
-    config = stack_path("it-prometheus", "prometheus.yml")
-    target = lag_exporter.split("//", 1)[1].split("/", 1)[0]
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(MONITORING_RULES / "*.yml")],
-                "scrape_configs": [{"job_name": "lag-exporter", "static_configs": [{"targets": [target]}]}],
-            }
-        )
-    )
-    component = Prometheus(KAFKA_STACK, name="it-prometheus", port=PROMETHEUS_PORT, config=config)
+@contextlib.contextmanager
+def running_prometheus(
+    name: str, port: int, scrape_configs: list[dict], rule_files: list[str] = ()
+) -> Iterator[Prometheus]:
+    """A Prometheus of our own (fresh TSDB) evaluating and scraping every second; stopped by pid on exit."""
+    config = stack_path(name, "prometheus.yml")
+    settings = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    document = {"global": settings, "rule_files": list(rule_files), "scrape_configs": scrape_configs}
+    config.write_text(yaml.safe_dump(document))
+    component = Prometheus(KAFKA_STACK, name=name, port=port, config=config)
     try:
         if component.pid is None:
+            require_free_port(KAFKA_STACK.host, port, name)
             shutil.rmtree(component.data_dir, ignore_errors=True)
         component.install()
         component.start()
         yield component
     finally:
         component.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(lag_exporter: str) -> Iterator[Prometheus]:
+    """Our Prometheus scraping the lag exporter (job ``lag-exporter``) every second, with the alert rules loaded."""
+    target = lag_exporter.split("//", 1)[1].split("/", 1)[0]
+    scrape = [{"job_name": "lag-exporter", "static_configs": [{"targets": [target]}]}]
+    with running_prometheus("it-prometheus", PROMETHEUS_PORT, scrape, [str(MONITORING_RULES / "*.yml")]) as component:
+        yield component
 
 
 # Seeded lag data shared by every test that scrapes the lag exporter.

@@ -9,22 +9,18 @@ fails this test until the list is updated.
 """
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import yaml
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from prometheus_client import start_http_server
 
 from ingestion.metrics import IngestionMetrics
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
-from runners.stack.process import StackError, require_free_port, stack_path
+from runners.stack.process import StackError
 from runners.stack.prometheus import Prometheus
-from tests.integration.conftest import KAFKA_STACK, PROMETHEUS_PORT
+from tests.integration.conftest import KAFKA_STACK, PROMETHEUS_PORT, running_prometheus
 from tests.unit.test_dashboards import dashboard_expressions
 
 pytestmark = pytest.mark.integration
@@ -81,25 +77,6 @@ def lag_data(lag_topic: str) -> str:
     return lag_topic
 
 
-def _wait_for_group_coordinator(bootstrap: str, group: str, timeout: float = 30.0) -> None:
-    """Return once the broker answers DescribeGroups for ``group`` without a coordinator error.
-
-    On a freshly formatted broker the first OffsetFetch can get NOT_COORDINATOR, and librdkafka's admin client
-    then crashes (segfault in rd_kafka_cgrp_op, confluentinc/librdkafka#5040): the lag exporter is scraped only
-    after this, so its first read finds a loaded coordinator.
-    """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            admin.describe_consumer_groups([group], request_timeout=5)[group].result(10)
-            return
-        except KafkaException as err:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the coordinator of {group} is not ready: {err}") from err
-            time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def dashboard_prometheus(
     flink_cluster: Flink, lag_exporter: str, lag_data: str, ingestion_endpoint: str
@@ -112,35 +89,19 @@ def dashboard_prometheus(
     flink_targets = [url.split("//", 1)[1].split("/", 1)[0] for url in flink_cluster.metrics_endpoints()]
     assert len(flink_targets) == 2, flink_targets
     lag_target = lag_exporter.split("//", 1)[1].split("/", 1)[0]
-    config = stack_path("it-prometheus-dashboards", "prometheus.yml")
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    # The exporter reads Kafka on every scrape: allow it more than 1 s while Flink loads both cores.
-                    {
-                        "job_name": "lag-exporter",
-                        "scrape_interval": "2s",
-                        "scrape_timeout": "2s",
-                        "static_configs": [{"targets": [lag_target]}],
-                    },
-                    {"job_name": "flink", "static_configs": [{"targets": flink_targets}]},
-                    {"job_name": "ingestion", "static_configs": [{"targets": [ingestion_endpoint]}]},
-                ],
-            }
-        )
-    )
-    component = Prometheus(KAFKA_STACK, name="it-prometheus-dashboards", port=DASHBOARDS_PROMETHEUS_PORT, config=config)
-    try:
-        if component.pid is None:
-            require_free_port(KAFKA_STACK.host, DASHBOARDS_PROMETHEUS_PORT, component.name)
-            shutil.rmtree(component.data_dir, ignore_errors=True)
-        component.install()
-        component.start()
+    scrape = [
+        # The exporter reads Kafka on every scrape: allow it more than 1 s while Flink loads both cores.
+        {
+            "job_name": "lag-exporter",
+            "scrape_interval": "2s",
+            "scrape_timeout": "2s",
+            "static_configs": [{"targets": [lag_target]}],
+        },
+        {"job_name": "flink", "static_configs": [{"targets": flink_targets}]},
+        {"job_name": "ingestion", "static_configs": [{"targets": [ingestion_endpoint]}]},
+    ]
+    with running_prometheus("it-prometheus-dashboards", DASHBOARDS_PROMETHEUS_PORT, scrape) as component:
         yield component
-    finally:
-        component.stop()
 
 
 def _evaluate(prometheus: Prometheus, expressions: list[tuple[str, str, str]]) -> tuple[dict, dict]:

@@ -5,7 +5,6 @@ left uncommitted), so every lag the exporter and Prometheus report can be checke
 """
 
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,23 +12,21 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingestion.consumer_lag import LagReader
 from runners.lag_exporter import LagCollector
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
 from runners.stack.kafka import Kafka
-from runners.stack.process import stack_path
 from runners.stack.prometheus import Prometheus
 from tests.integration.conftest import (
     COMMITTED,
     EXPECTED_LAG,
-    KAFKA_STACK,
     MONITORING_GROUP,
     PRODUCED,
     PROMETHEUS_PORT,
     commit_monitoring_offsets,
+    running_prometheus,
 )
 
 pytestmark = pytest.mark.integration
@@ -137,25 +134,9 @@ def flink_prometheus(flink_cluster: Flink) -> Iterator[Prometheus]:
     """A second Prometheus scraping the Flink cluster's reporter endpoints every second, with the alert rules."""
     targets = [url.split("//", 1)[1].split("/", 1)[0] for url in flink_cluster.metrics_endpoints()]
     assert len(targets) == 2, targets  # JobManager + TaskManager
-    config = stack_path("it-prometheus-flink", "prometheus.yml")
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES)],
-                "scrape_configs": [{"job_name": "flink", "static_configs": [{"targets": targets}]}],
-            }
-        )
-    )
-    component = Prometheus(KAFKA_STACK, name="it-prometheus-flink", port=FLINK_PROMETHEUS_PORT, config=config)
-    try:
-        if component.pid is None:
-            shutil.rmtree(component.data_dir, ignore_errors=True)
-        component.install()
-        component.start()
+    scrape = [{"job_name": "flink", "static_configs": [{"targets": targets}]}]
+    with running_prometheus("it-prometheus-flink", FLINK_PROMETHEUS_PORT, scrape, [str(RULES)]) as component:
         yield component
-    finally:
-        component.stop()
 
 
 def _alert_rules(prometheus: Prometheus, inactive: tuple[str, ...]) -> dict[str, dict[str, Any]]:
