@@ -108,7 +108,6 @@ class Publisher:
                     self._delivered.wait(0.1)
         with self._lock:
             self.sent += 1
-        self._metrics.queue_depth.set(len(self._producer))
 
     def _on_delivery(self, err: Optional[KafkaError], sent_at: float) -> None:
         with self._delivered:

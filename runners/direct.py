@@ -8,6 +8,7 @@ commits its results from wall-clock timers.
 """
 
 import base64
+import dataclasses
 import json
 import time
 import uuid
@@ -145,9 +146,7 @@ def run_sample(
     for old in output_dir.glob("*.jsonl"):
         old.unlink()
     now_ms = int(time.time() * 1000)
-    generator = GeneratorConfig(
-        **{**generator.__dict__, "start_ms": now_ms - generator.duration_seconds * 1000 - 1_800_000}
-    )
+    generator = dataclasses.replace(generator, start_ms=now_ms - generator.duration_seconds * 1000 - 1_800_000)
     registry = InMemoryRegistry()
     records = generate(generator, registry, now_ms=now_ms)
     users, products = reference_data(generator)

@@ -44,15 +44,18 @@ class _RouteFn(beam.DoFn):
         self._rules = rules
         self._default = default_route
 
+    def setup(self):
+        self._counters = {name: counter(STAGE, name) for name in [r.name for r in self._rules] + [self._default]}
+
     def process(self, enriched: EnrichedEvent):
         matched = False
         for rule in self._rules:
             if rule.matches(enriched):
                 matched = True
-                counter(STAGE, rule.name).inc()
+                self._counters[rule.name].inc()
                 yield pvalue.TaggedOutput(rule.name, enriched)
         if not matched:
-            counter(STAGE, self._default).inc()
+            self._counters[self._default].inc()
             yield pvalue.TaggedOutput(self._default, enriched)
 
 

@@ -16,7 +16,7 @@ from apache_beam.transforms.window import TimestampedValue
 from beam_pipelines.clickstream import Lookups, build_pipeline
 from beam_pipelines.settings import load_settings
 from schemas.catalog import schema_json
-from schemas.records import KafkaRecord, Product, UserProfile, to_avro
+from schemas.records import KafkaRecord, Product, UserProfile, epoch_millis, to_avro
 from schemas.serde import ConfluentAvroSerde
 from tests.unit.conftest import RAW_TOPIC, make_event, streaming_options
 from transforms.enrich import InMemoryLookupHandler
@@ -143,10 +143,6 @@ def _project(name, row):
     return row["event"]["event_id"]
 
 
-def _ms(value):
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)
-
-
 def _decoded(registry, name):
     serde = ConfluentAvroSerde(registry, schema_json(_CONTRACT.get(name, "enriched_event")))
 
@@ -154,7 +150,7 @@ def _decoded(registry, name):
         row = serde.decode(record.value)
         for field in ("window_start", "session_start", "session_end"):
             if field in row:
-                row[field] = int(row[field].timestamp() * 1000)
+                row[field] = epoch_millis(row[field])
         return _project(name, row)
 
     return decode
