@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-RUNNER ?= direct
+RUNNER ?= prism
+FOLLOW ?=
+DURATION ?=
+RUN_ARGS ?=
 EVENTS ?= 3000
 SEED ?= 7
 PYTEST_ARGS ?=
@@ -32,7 +35,7 @@ lint: setup ## Lint and check formatting with ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-up: setup ## Start the local stack (Kafka, schema registry, PostgreSQL, Redis) on loopback; idempotent
+up: setup ## Start the local stack (Kafka, registry, PostgreSQL, Redis, Prometheus, Prism) on loopback; idempotent
 	$(BIN)/python -m runners.stack up
 
 down: setup ## Stop exactly the processes `make up` started
@@ -41,12 +44,11 @@ down: setup ## Stop exactly the processes `make up` started
 status: setup ## Show each stack component, its address and health
 	$(BIN)/python -m runners.stack status
 
-run: setup ## Run the pipeline (RUNNER=direct: generated sample on the DirectRunner; EVENTS=, SEED=)
-ifeq ($(RUNNER),direct)
-	$(BIN)/python -m beam_pipelines.clickstream --profile direct --sample-events $(EVENTS) --seed $(SEED)
-else
-	@echo "RUNNER=$(RUNNER) is not available: Beam's Flink job server jar cannot be fetched here (README, Status)" >&2; exit 2
+run: setup ## The live pipeline: stack up, sample -> Kafka -> Prism -> Kafka, reconciled (EVENTS= SEED= RUNNER= FOLLOW=1 DURATION=)
+ifeq ($(RUNNER),prism)
+	$(BIN)/python -m runners.stack up
 endif
+	$(BIN)/python -m runners --runner '$(RUNNER)' --events $(EVENTS) --seed $(SEED) $(if $(FOLLOW),--follow) $(if $(DURATION),--duration $(DURATION)) $(RUN_ARGS)
 
 bench: setup ## Print the benchmark tables (coders; publish throughput, which needs `make up`)
 	$(BIN)/python -m benchmarks.coders

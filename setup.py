@@ -23,6 +23,7 @@ setup(
             "runners",
             "runners.*",
             "ingestion",
+            "kafkaio",
             "benchmarks",
         ]
     ),

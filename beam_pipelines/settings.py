@@ -19,7 +19,9 @@ from transforms.windowed_metrics import TumblingWindowConfig
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "clickstream.yaml"
 
 #: Outputs that exist whatever the routing rules say.
-FIXED_OUTPUTS = ("window_metrics", "sessions", "dead_letters")
+FIXED_OUTPUTS = ("window_metrics", "sessions", "filtered", "dead_letters")
+#: Environment variable the SASL password is read from on workers (never pickled into the graph).
+SASL_PASSWORD_ENV = "CLICKSTREAM_KAFKA_SASL_PASSWORD"
 
 
 class SettingsError(ValueError):
@@ -42,27 +44,38 @@ class KafkaSettings(_Frozen):
             "unrouted": "clickstream.events.unrouted",
             "window_metrics": "clickstream.metrics.windows",
             "sessions": "clickstream.metrics.sessions",
+            "filtered": "clickstream.events.filtered",
             "dead_letters": "clickstream.dead-letters",
         },
-        description="Output name (each route, window_metrics, sessions, dead_letters) -> topic.",
+        description="Output name (each route, window_metrics, sessions, filtered, dead_letters) -> topic.",
     )
     partitions: int = Field(6, ge=1, description="Partitions of topics the local stack creates.")
     retention_hours: int = Field(168, ge=1, description="Retention of topics the local stack creates.")
     sasl_username: Optional[str] = Field(None, description="SASL/PLAIN user for secured clusters.")
     sasl_password: Optional[SecretStr] = Field(None, description="SASL/PLAIN password.")
+    client_properties: dict[str, str] = Field(
+        default_factory=dict,
+        description="Any further librdkafka properties for every client (e.g. ssl.ca.location), passed through.",
+    )
 
-    def client_config(self) -> dict[str, str]:
-        """librdkafka/Kafka client properties shared by consumers and producers."""
-        config = {"bootstrap.servers": self.bootstrap_servers}
+    def public_client_config(self) -> dict[str, str]:
+        """Client properties without the secret (what may travel in a pipeline graph)."""
+        config = {"bootstrap.servers": self.bootstrap_servers, **self.client_properties}
         if self.sasl_username:
             config.update(
-                {
-                    "security.protocol": "SASL_SSL",
-                    "sasl.mechanism": "PLAIN",
-                    "sasl.username": self.sasl_username,
-                    "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else "",
-                }
+                {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": self.sasl_username}
             )
+        return config
+
+    def secret_env(self) -> dict[str, str]:
+        """librdkafka property -> environment variable that holds it on workers."""
+        return {"sasl.password": SASL_PASSWORD_ENV} if self.sasl_password else {}
+
+    def client_config(self) -> dict[str, str]:
+        """Every client property, secret included: for clients in this process only (ingestion, tools)."""
+        config = self.public_client_config()
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
         return config
 
 
@@ -71,9 +84,18 @@ class RegistrySettings(_Frozen):
     basic_auth: Optional[SecretStr] = Field(None, description="user:password for registry basic auth.")
 
 
+class StoreSettings(_Frozen):
+    postgres_dsn: SecretStr = Field(
+        SecretStr("postgresql://clickstream:clickstream@127.0.0.1:5432/clickstream"),
+        description="libpq URL of the user-profile database (PostgreSQL).",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="URL of the product catalogue (Redis).")
+
+
 class PipelineSettings(_Frozen):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    stores: StoreSettings = Field(default_factory=StoreSettings)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     enrichment: EnrichmentConfig = Field(default_factory=EnrichmentConfig)
     windows: TumblingWindowConfig = Field(default_factory=TumblingWindowConfig)

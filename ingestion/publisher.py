@@ -89,8 +89,10 @@ class Publisher:
         """Queue one event (waiting for the rate limiter and for queue space, never dropping it)."""
         if self._limiter:
             self._limiter.acquire()
-        value = self._serde.encode(to_avro(event))
-        key = self.key_for(event)
+        self.publish_framed(self.key_for(event), self._serde.encode(to_avro(event)), event.event_time)
+
+    def publish_framed(self, key: Optional[bytes], value: bytes, timestamp_ms: int) -> None:
+        """Queue an already framed record with its Kafka timestamp (replays of recorded traffic, samples)."""
         sent_at = time.monotonic()
         while True:
             try:
@@ -98,7 +100,7 @@ class Publisher:
                     self.topic,
                     value=value,
                     key=key,
-                    timestamp=event.event_time,
+                    timestamp=timestamp_ms,
                     on_delivery=lambda err, msg, t=sent_at: self._on_delivery(err, t),
                 )
                 break

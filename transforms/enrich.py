@@ -1,34 +1,29 @@
 """Enrich: join each click event with its user profile and product from async lookup stores.
 
 Lookups are I/O bound and their latency belongs to someone else's database, so they run as coroutines
-under Beam's ``AsyncWrapper`` (``use_asyncio=True``): the bundle thread only schedules work and many
+on an event loop per DoFn instance: the bundle thread only schedules work and up to ``max_in_flight``
 lookups wait concurrently. Every lookup is bounded (timeout, retries with capped backoff) and degrades
 instead of failing: the event goes on marked ``partial`` / ``not_enriched`` with the precise reasons,
 so a slow or broken store costs enrichment quality, never throughput or a stuck pipeline.
 
-Three things about ``AsyncWrapper`` shape this module (measured on Beam 2.76):
-- it emits results from a REAL_TIME timer, whose wall-clock timestamp replaces event time; the wrapped
-  DoFn therefore re-emits each result with the input element's own timestamp (carried in the keyed value);
-- coroutines run on a shared event-loop thread where Beam metrics are silently dropped (metrics are
-  thread-local to the bundle), so lookups return their counts and a plain DoFn after the wrapper
-  records them;
-- it needs ``(key, value)`` input and a hashable id per element: elements are keyed by ``user_id`` and
-  tracked by an id minted per element (see ``_Pending``).
+Why not Beam's ``AsyncWrapper``: it hands results over through processing-time timers and state, and on
+Prism (Beam 2.76) it lost the last elements when the input ended (196 of 200 came out of a bounded
+test) — a silent loss. Here every lookup of a bundle completes inside that bundle (``_EnrichFn``).
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, NamedTuple, Optional, Protocol, TypeVar, runtime_checkable
 
 import apache_beam as beam
-from apache_beam.transforms.async_dofn import AsyncWrapper
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.records import ClickEvent, EnrichedEvent, Product, UserProfile
@@ -69,15 +64,8 @@ class EnrichmentConfig(BaseModel):
     max_in_flight: int = Field(
         200,
         ge=1,
-        description="Events whose lookups may run at once per worker process (AsyncWrapper's buffer); "
-        "beyond it the bundle waits, which is the back-pressure on a slow store.",
-    )
-    callback_frequency_seconds: float = Field(
-        0.1,
-        gt=0,
-        le=10,
-        description="How often finished lookups are committed downstream (AsyncWrapper's timer); "
-        "it adds up to twice this much latency. Fractions of a second are fine.",
+        description="Events whose lookups may run at once per DoFn instance; beyond it the bundle waits "
+        "for the oldest, which is the back-pressure on a slow store.",
     )
     lookup_timeout_seconds: float = Field(0.5, gt=0, description="Deadline for one call to a lookup handler.")
     max_retries: int = Field(
@@ -395,21 +383,6 @@ class _Outcome(NamedTuple):
     started_ms: int
 
 
-class _Pending(NamedTuple):
-    """The keyed value: the event, its element timestamp (restored on output, AsyncWrapper loses it) and
-    a per-element id for AsyncWrapper's bookkeeping. Not the event_id: AsyncWrapper collapses in-flight
-    elements with equal ids, so duplicate events arriving together would turn into one output, depending
-    on timing; duplicates are for the reconciliation to count, not for enrichment to hide."""
-
-    event: ClickEvent
-    timestamp_micros: int
-    element_id: str
-
-
-for _record_type in (_Outcome, _Pending):
-    beam.coders.registry.register_coder(_record_type, beam.coders.RowCoder)
-
-
 def _status(needed: int, found: int) -> str:
     if found == needed:
         return STATUS_ENRICHED
@@ -460,8 +433,14 @@ class _Enricher:
         return _Outcome(enriched=enriched, counts=counts, started_ms=started_ms)
 
 
-class _LookupDoFn(beam.DoFn):
-    """What AsyncWrapper runs on its event loop: one event in, one timestamped outcome out."""
+class _EnrichFn(beam.DoFn):
+    """Looks up up to ``max_in_flight`` events at once on an event loop of its own, inside the bundle.
+
+    Every result leaves in the bundle that read its event, with the event's timestamp and window:
+    ``finish_bundle`` waits for the lookups still running. Nothing is in flight when a bundle commits,
+    so the step needs no timers or state, loses nothing when input ends and behaves the same on every
+    runner. Lookup counts are recorded here, on the bundle thread, where Beam collects metrics.
+    """
 
     def __init__(
         self,
@@ -474,52 +453,54 @@ class _LookupDoFn(beam.DoFn):
         self._users = users
         self._products = products
         self._shared_id = shared_id
-        self._enricher: Optional[_Enricher] = None
 
     def setup(self) -> None:
         self._enricher = _Enricher(self._config, self._users, self._products, self._shared_id)
-
-    async def process(self, element: tuple[str, _Pending]) -> list[TimestampedValue]:
-        _, pending = element
-        if self._enricher is None:  # AsyncWrapper.setup() forwards to setup(); this only guards against a change
-            self.setup()
-        outcome = await self._enricher.enrich(pending.event)
-        return [TimestampedValue(outcome, Timestamp(micros=pending.timestamp_micros))]
-
-
-def _pending_id(pending: _Pending) -> str:
-    return pending.element_id
-
-
-class _KeyByUser(beam.DoFn):
-    def process(
-        self, event: ClickEvent, timestamp: Timestamp = beam.DoFn.TimestampParam
-    ) -> Iterator[tuple[str, _Pending]]:
-        yield event.user_id, _Pending(event=event, timestamp_micros=timestamp.micros, element_id=uuid.uuid4().hex)
-
-
-class _RecordOutcome(beam.DoFn):
-    """Records the lookup counts on the bundle thread, where Beam metrics are collected."""
-
-    def setup(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="enrich-lookups", daemon=True)
+        self._loop_thread.start()
         self._counters = {name: counter(STAGE, name) for name in LOOKUP_COUNTS}
         self._status_counters = {status: counter(STAGE, f"status_{status}") for status in STATUSES}
         self._latency_ms = distribution(STAGE, "latency_ms")
+        self._pending: deque[tuple[concurrent.futures.Future, Timestamp, Any]] = deque()
 
-    def process(self, outcome: _Outcome) -> Iterator[EnrichedEvent]:
+    def start_bundle(self) -> None:
+        self._pending.clear()
+
+    def process(
+        self,
+        event: ClickEvent,
+        timestamp: Timestamp = beam.DoFn.TimestampParam,
+        window: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[WindowedValue]:
+        future = asyncio.run_coroutine_threadsafe(self._enricher.enrich(event), self._loop)
+        self._pending.append((future, timestamp, window))
+        # Emit finished lookups in arrival order; wait for the oldest only when the in-flight bound is reached.
+        while self._pending and (len(self._pending) >= self._config.max_in_flight or self._pending[0][0].done()):
+            yield self._emit(*self._pending.popleft())
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self._pending:
+            yield self._emit(*self._pending.popleft())
+
+    def teardown(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=5)
+
+    def _emit(self, future: concurrent.futures.Future, timestamp: Timestamp, window: Any) -> WindowedValue:
+        outcome: _Outcome = future.result()  # never raises: _Enricher.enrich degrades every failure
         for name, value in outcome.counts.items():
-            if value and name in self._counters:
+            if value:
                 self._counters[name].inc(value)
         self._status_counters[outcome.enriched.enrichment_status].inc()
         self._latency_ms.update(max(0, int(time.time() * 1000) - outcome.started_ms))
-        yield outcome.enriched
+        return WindowedValue(outcome.enriched, timestamp, (window,))
 
 
 class EnrichEvents(beam.PTransform[beam.PCollection[ClickEvent], beam.PCollection[EnrichedEvent]]):
     """Join events with ``users`` (by user_id) and ``products`` (by product_id, when set); never fails an event.
 
-    Output timestamps and windows are those of the input elements. Results leave in batches every
-    ``callback_frequency_seconds``, so output order differs from input order.
+    Output timestamps and windows are those of the input elements; within a bundle, output order is input order.
     """
 
     def __init__(
@@ -539,18 +520,6 @@ class EnrichEvents(beam.PTransform[beam.PCollection[ClickEvent], beam.PCollectio
         self._shared_id = f"{STAGE}-{uuid.uuid4().hex}"
 
     def expand(self, events: beam.PCollection[ClickEvent]) -> beam.PCollection[EnrichedEvent]:
-        config = self._config
-        lookups = AsyncWrapper(
-            _LookupDoFn(config, self._users, self._products, self._shared_id),
-            parallelism=config.max_in_flight,
-            max_items_to_buffer=config.max_in_flight,
-            callback_frequency=config.callback_frequency_seconds,
-            id_fn=_pending_id,
-            use_asyncio=True,
-        )
-        return (
-            events
-            | "KeyByUser" >> beam.ParDo(_KeyByUser()).with_output_types(tuple[str, _Pending])
-            | "LookupAsync" >> beam.ParDo(lookups).with_output_types(_Outcome)
-            | "RecordOutcome" >> beam.ParDo(_RecordOutcome()).with_output_types(EnrichedEvent)
-        )
+        return events | "LookupAsync" >> beam.ParDo(
+            _EnrichFn(self._config, self._users, self._products, self._shared_id)
+        ).with_output_types(EnrichedEvent)

@@ -6,8 +6,8 @@ summary of the session so far (ON_TIME when the watermark passes the session end
 EARLY panes, one LATE pane per late event within the allowed lateness). When late data merges or
 extends a session, Beam restarts that session's pane index at 0 (its pane state does not survive a
 merge), so the sink upserts on (user_id, session_start) and lets the latest pane win. Events later
-than the allowed lateness are dropped by the GroupByKey and counted by a sibling ``LateDataMonitor``
-(``sessions_dropped_late``), which also returns them as ``too_late``.
+than the allowed lateness are dropped by the GroupByKey, as Beam does (the run summary derives how
+many from the outputs).
 """
 
 from typing import Dict, Iterator, NamedTuple, Optional, Set, Tuple
@@ -15,13 +15,10 @@ from typing import Dict, Iterator, NamedTuple, Optional, Set, Tuple
 import apache_beam as beam
 from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import Sessions
-from apache_beam.typehints.decorators import IOTypeHints
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import EnrichedEvent, SessionSummary
-from transforms.late_data import LateDataConfig, LateDataMonitor
-from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 from transforms.windowing import event_time_windowing, window_into
 
@@ -54,16 +51,6 @@ class SessionWindowConfig(BaseModel):
         description="Processing-time delay after a pane's first element before a speculative EARLY pane; "
         "None emits nothing before the session closes in event time.",
     )
-    late_data: LateDataConfig = Field(
-        default_factory=LateDataConfig, description="How elements dropped as too late are counted."
-    )
-
-
-class UserSessionsResult(NamedTuple):
-    """``sessions``: one SessionSummary per session and pane; ``too_late``: input events dropped as too late."""
-
-    sessions: beam.PCollection[SessionSummary]
-    too_late: beam.PCollection[EnrichedEvent]
 
 
 class _Summary(NamedTuple):
@@ -167,24 +154,18 @@ def _windowing(config: SessionWindowConfig) -> Windowing:
     )
 
 
-class UserSessions(beam.PTransform[beam.PCollection[EnrichedEvent], UserSessionsResult]):
-    """Session summaries of timestamped enriched events per user, plus the events dropped as too late."""
+class UserSessions(beam.PTransform[beam.PCollection[EnrichedEvent], beam.PCollection[SessionSummary]]):
+    """Session summaries of timestamped enriched events per user."""
 
     def __init__(self, config: Optional[SessionWindowConfig] = None):
         super().__init__()
         self._config = config or SessionWindowConfig()
 
-    def default_type_hints(self) -> IOTypeHints:
-        return multi_output_hints(EnrichedEvent)
-
-    def expand(self, events: beam.PCollection[EnrichedEvent]) -> UserSessionsResult:
-        windowing = _windowing(self._config)
-        too_late = events | "CountTooLate" >> LateDataMonitor(STAGE, windowing, self._config.late_data)
-        sessions = (
+    def expand(self, events: beam.PCollection[EnrichedEvent]) -> beam.PCollection[SessionSummary]:
+        return (
             events
             | "KeyByUser" >> beam.Map(_fact).with_output_types(Tuple[str, _Fact])
-            | "Window" >> window_into(windowing)
+            | "Window" >> window_into(_windowing(self._config))
             | "Summarize" >> beam.CombinePerKey(_SessionStatsFn())
             | "ToSessionSummary" >> beam.ParDo(_ToSessionSummary()).with_output_types(SessionSummary)
         )
-        return UserSessionsResult(sessions=sessions, too_late=too_late)

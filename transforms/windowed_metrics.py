@@ -3,8 +3,9 @@
 Each pane is a complete refinement of its window (ACCUMULATING), so the sink can upsert on
 (window_start, window_end, event_type, category, currency) and keep the highest ``pane_index``: an
 ON_TIME pane when the watermark passes the window end, optional EARLY panes before it, one LATE pane
-per late element within the allowed lateness. Later data is dropped by the GroupByKey; a sibling
-``LateDataMonitor`` counts it (``windowed_metrics_dropped_late``) and returns it as ``too_late``.
+per late element within the allowed lateness. Later data is dropped by the GroupByKey, as Beam does;
+because the last pane of each window counts every event it holds, the run summary derives how many
+were dropped from the outputs (events in minus the events in final panes), exactly and at no cost.
 
 Percentiles are exact (every amount of the window is kept until the window expires), interpolated
 linearly between the closest ranks like ``numpy.percentile``'s default; amounts are only aggregated
@@ -17,13 +18,10 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.window import FixedWindows, IntervalWindow
-from apache_beam.typehints.decorators import IOTypeHints
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import EnrichedEvent, WindowMetric
-from transforms.late_data import LateDataConfig, LateDataMonitor
-from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 from transforms.windowing import event_time_windowing, window_into
 
@@ -53,26 +51,6 @@ class TumblingWindowConfig(BaseModel):
         description="Processing-time delay after a pane's first element before a speculative EARLY pane; "
         "None emits nothing before the watermark passes the window end.",
     )
-    late_data: LateDataConfig = Field(
-        default_factory=LateDataConfig, description="How elements dropped as too late are counted."
-    )
-
-    @model_validator(mode="after")
-    def _expiry_on_monitor_grid(self) -> "TumblingWindowConfig":
-        resolution = self.late_data.resolution_ms
-        if (self.size_seconds * 1000) % resolution or (self.allowed_lateness_seconds * 1000) % resolution:
-            raise ValueError(
-                f"late_data.resolution_ms ({resolution}) must divide size_seconds and allowed_lateness_seconds "
-                "(in ms) so that every window expiry lies on the monitor's grid and too-late counts are exact"
-            )
-        return self
-
-
-class WindowedMetricsResult(NamedTuple):
-    """``metrics``: one WindowMetric per key, window and pane; ``too_late``: input events dropped as too late."""
-
-    metrics: beam.PCollection[WindowMetric]
-    too_late: beam.PCollection[EnrichedEvent]
 
 
 class _Stats(NamedTuple):
@@ -162,24 +140,18 @@ def _windowing(config: TumblingWindowConfig) -> Windowing:
     )
 
 
-class WindowedMetrics(beam.PTransform[beam.PCollection[EnrichedEvent], WindowedMetricsResult]):
-    """Tumbling-window metrics of timestamped enriched events, plus the events dropped as too late."""
+class WindowedMetrics(beam.PTransform[beam.PCollection[EnrichedEvent], beam.PCollection[WindowMetric]]):
+    """Tumbling-window metrics of timestamped enriched events."""
 
     def __init__(self, config: Optional[TumblingWindowConfig] = None):
         super().__init__()
         self._config = config or TumblingWindowConfig()
 
-    def default_type_hints(self) -> IOTypeHints:
-        return multi_output_hints(EnrichedEvent)
-
-    def expand(self, events: beam.PCollection[EnrichedEvent]) -> WindowedMetricsResult:
-        windowing = _windowing(self._config)
-        too_late = events | "CountTooLate" >> LateDataMonitor(STAGE, windowing, self._config.late_data)
-        metrics = (
+    def expand(self, events: beam.PCollection[EnrichedEvent]) -> beam.PCollection[WindowMetric]:
+        return (
             events
             | "KeyByDimensions" >> beam.Map(_dimensions).with_output_types(Tuple[_Dimensions, Optional[int]])
-            | "Window" >> window_into(windowing)
+            | "Window" >> window_into(_windowing(self._config))
             | "Aggregate" >> beam.CombinePerKey(_AmountStatsFn())
             | "ToWindowMetric" >> beam.ParDo(_ToWindowMetric()).with_output_types(WindowMetric)
         )
-        return WindowedMetricsResult(metrics=metrics, too_late=too_late)

@@ -14,11 +14,14 @@ def event_time_windowing(
     """ON_TIME pane at the watermark, one LATE pane per late element, optional EARLY panes; accumulating.
 
     Accumulating panes are full refinements, so a downstream upsert keyed on the window stays correct.
+    Late firings use ``Always`` (a stateless trigger: fire on every late element), which means the same as
+    ``AfterCount(1)`` but is also accepted by Prism for merging (session) windows, where Prism refuses
+    triggers that keep state (apache/beam#31438).
     """
     early = trigger.AfterProcessingTime(early_firing_seconds) if early_firing_seconds else None
     return Windowing(
         windowfn,
-        triggerfn=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
+        triggerfn=trigger.AfterWatermark(early=early, late=trigger.Always()),
         accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
         allowed_lateness=allowed_lateness_seconds,
     )

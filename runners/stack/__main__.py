@@ -14,14 +14,16 @@ COMPONENTS = (
     "runners.stack.registry:SchemaRegistry",
     "runners.stack.postgres:Postgres",
     "runners.stack.redis:Redis",
-    "runners.stack.flink:Flink",
     "runners.stack.prometheus:Prometheus",
+    "runners.prism:PrismJobServer",
 )
+#: Started only with ``--with-flink``: Beam cannot submit to it here (runners/FLINK.md), the pipeline runs on Prism.
+FLINK = "runners.stack.flink:Flink"
 
 
-def components(stack: StackSettings, pipeline: PipelineSettings) -> list[Component]:
+def components(stack: StackSettings, pipeline: PipelineSettings, with_flink: bool = False) -> list[Component]:
     built = []
-    for spec in COMPONENTS:
+    for spec in (*COMPONENTS, FLINK) if with_flink else COMPONENTS:
         module, cls = spec.split(":")
         built.append(getattr(importlib.import_module(module), cls)(stack, pipeline))
     return built
@@ -31,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.stack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--config", help="pipeline settings YAML (topics to create)")
+    parser.add_argument("--with-flink", action="store_true", help="also the Flink session cluster (off by default)")
     args = parser.parse_args(argv)
     stack = StackSettings.from_env()
-    parts = components(stack, load_settings(args.config))
+    parts = components(stack, load_settings(args.config), args.with_flink or args.command == "down")
     try:
         if args.command == "up":
             for part in parts:

@@ -14,6 +14,7 @@ class StackSettings(BaseModel):
     registry_port: int = Field(8085, description="Confluent-compatible schema registry (REST).")
     postgres_port: int = Field(5432, description="PostgreSQL with the user profiles.")
     redis_port: int = Field(6379, description="Redis with the product catalogue.")
+    prism_port: int = Field(8073, description="Prism's Beam job service (the local portable runner).")
 
     @classmethod
     def from_env(cls) -> "StackSettings":

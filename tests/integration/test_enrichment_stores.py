@@ -1,8 +1,7 @@
 """The real lookup stores: seeded PostgreSQL + Redis read back by the handlers, and EnrichEvents on top of them
 degrading (not failing, not hanging) when a store is slow or down.
 
-Pipelines run on TestStream + BundleBasedDirectRunner --streaming; AsyncWrapper commits results from
-wall-clock timers, so the stream first moves the test clock past the real clock (see ``_stream``).
+Pipelines run on TestStream + BundleBasedDirectRunner --streaming; lookups complete within their bundle.
 """
 
 import asyncio
@@ -40,7 +39,7 @@ NO_PRODUCT = next(f"p{i:05d}" for i in range(10_000) if f"p{i:05d}" not in PRODU
 
 # Happy path: a generous deadline (the first call of a handler also connects); degraded paths: a short one.
 HEALTHY = EnrichmentConfig(
-    callback_frequency_seconds=0.05, lookup_timeout_seconds=2.0, initial_backoff_seconds=0.01, max_backoff_seconds=0.05
+    lookup_timeout_seconds=2.0, initial_backoff_seconds=0.01, max_backoff_seconds=0.05
 )
 STRICT = HEALTHY.model_copy(update={"lookup_timeout_seconds": 0.3})
 
@@ -50,12 +49,8 @@ def _event(event_id: str, user_id: str, product_id: str | None) -> ClickEvent:
 
 
 def _stream(events: list[ClickEvent]) -> TestStream:
-    """The test clock first moved past the real clock (AsyncWrapper's timers are wall-clock)."""
     stream = TestStream(coder=beam.coders.registry.get_coder(ClickEvent)).with_output_types(ClickEvent)
-    stream = stream.advance_processing_time(int(time.time()) + 30)
     stream = stream.add_elements([TimestampedValue(e, Timestamp(micros=e.event_time * 1000)) for e in events])
-    for _ in range(3):
-        stream = stream.advance_processing_time(1)
     return stream.advance_watermark_to_infinity()
 
 

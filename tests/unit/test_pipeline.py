@@ -2,7 +2,7 @@
 
 A small, hand-made dataset where every record's fate is known: two schema versions, a malformed
 record, an invalid and a filtered event, unknown users/products, a late and a too-late arrival.
-The sinks are the assertions; the test also proves count reconciliation (in = routed + dead + filtered).
+The sinks are the assertions; the reconciliation (in = routed + dead + filtered) is computed from the outputs.
 """
 
 import time
@@ -10,14 +10,15 @@ import time
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 
-from beam_pipelines.clickstream import Lookups, build_pipeline
+from beam_pipelines.clickstream import Lookups, build_pipeline, output_contract
 from beam_pipelines.settings import load_settings
+from runners.reconcile import InputRecord, reconcile
 from schemas.catalog import schema_json
 from schemas.records import KafkaRecord, Product, UserProfile, epoch_millis, to_avro
-from schemas.serde import ConfluentAvroSerde
+from schemas.serde import ConfluentAvroSerde, SerdeError
 from tests.unit.conftest import RAW_TOPIC, make_event, streaming_options
 from transforms.enrich import InMemoryLookupHandler
 
@@ -27,7 +28,6 @@ PRODUCTS = {
     "p1": Product("p1", "electronics", "acme", 12_500, "EUR"),
     "p2": Product("p2", "books", "inkwell", 60_000, "EUR"),
 }
-_CONTRACT = {"window_metrics": "window_metric", "sessions": "session_summary", "dead_letters": "dead_letter"}
 
 
 def _event(n, user, event_type, at_s, product=None, amount=None, **fields):
@@ -108,8 +108,10 @@ EXPECTED = {
         ("u2", T0 + 10_000, T0 + 70_000, 60_000, 4, 2, 1, (("EUR", 60_000),), True, "ON_TIME"),
         ("u3", T0 + 50_000, T0 + 50_000, 0, 1, 0, 0, (), False, "ON_TIME"),
     },
+    "filtered": {"e10"},
     "dead_letters": {("decode", "bad_magic_byte", 7), ("validate", "missing_field", 8)},
 }
+ROUTES = ("orders", "high_value_alerts", "enriched", "unrouted")
 
 
 def _project(name, row):
@@ -140,11 +142,13 @@ def _project(name, row):
         )
     if name == "dead_letters":
         return row["stage"], row["error_code"], row["offset"]
+    if name == "filtered":
+        return row["event_id"]
     return row["event"]["event_id"]
 
 
 def _decoded(registry, name):
-    serde = ConfluentAvroSerde(registry, schema_json(_CONTRACT.get(name, "enriched_event")))
+    serde = ConfluentAvroSerde(registry, schema_json(output_contract(name).contract))
 
     def decode(record):
         row = serde.decode(record.value)
@@ -172,15 +176,41 @@ def test_whole_pipeline_outputs_and_reconciliation(registry):
 
         return AssertOutput()
 
+    inputs = [
+        InputRecord(0, offset, _event_id(registry, value)) for offset, (_, value) in enumerate(dataset)
+    ]
+
+    def reconciles(fates):
+        routed = {name: [i for n, i in fates if n == name] for name in ROUTES}
+        filtered = [i for n, i in fates if n == "filtered"]
+        dead = [(0, i) for n, i in fates if n == "dead_letters"]
+        result = reconcile(inputs, routed, filtered, dead)
+        assert result.ok and not result.duplicates, result.line()
+        assert (result.records_in, result.routed, result.dead_lettered, result.filtered) == (13, 10, 2, 1)
+
     with TestPipeline(options=streaming_options()) as p:
         outputs = build_pipeline(p, settings, _stream(dataset), sink, registry, lookups)
-        assert sorted(outputs.written) == sorted(EXPECTED)
-        filtered_ids = outputs.filtered | "FilteredIds" >> beam.Map(lambda e: e.event_id)
-        too_late_ids = outputs.too_late_for_windows | "TooLateIds" >> beam.Map(lambda e: e.event.event_id)
-        assert_that(filtered_ids, equal_to(["e10"]), label="filtered")
-        assert_that(too_late_ids, equal_to(["e13"]), label="too_late_windows")
-        assert_that(outputs.too_late_for_sessions, equal_to([]), label="too_late_sessions")
+        assert sorted(outputs) == sorted(EXPECTED)
+        # Reconciliation from the outputs themselves: every input record routed, dead-lettered or filtered, once.
+        fates = [
+            outputs[name] | f"Fate[{name}]" >> beam.Map(_fate(registry, name))
+            for name in (*ROUTES, "filtered", "dead_letters")
+        ] | "AllFates" >> beam.Flatten()
+        assert_that(fates, reconciles, label="reconciliation")
 
-    # Reconciliation: every input record is routed, dead-lettered or filtered, exactly once.
-    routed = set().union(*(EXPECTED[n] for n in ("orders", "high_value_alerts", "enriched", "unrouted")))
-    assert len(dataset) == len(routed) + len(EXPECTED["dead_letters"]) + len(["e10"])
+
+def _event_id(registry, value):
+    try:
+        return ConfluentAvroSerde(registry, schema_json("clickstream_event")).decode(value)["event_id"]
+    except SerdeError:
+        return None
+
+
+def _fate(registry, name):
+    decode = _decoded(registry, name)
+
+    def fate(record):
+        projected = decode(record)
+        return name, projected[2] if name == "dead_letters" else projected
+
+    return fate

@@ -9,12 +9,10 @@ from pydantic import ValidationError
 
 from schemas.records import EnrichedEvent
 from tests.unit.conftest import make_event, streaming_options
-from transforms.late_data import LateDataConfig
 from transforms.sessions import SessionWindowConfig, UserSessions
 
 S0 = 1_700_000_000_000  # ms
 MIN = 60_000
-ONE_SHARD = LateDataConfig(shards=1)  # every element shares one watermark probe: deterministic in tests
 
 
 def _enriched(event_id, user_id, at_ms, event_type="page_view", product_id=None, amount=None, currency=None):
@@ -50,12 +48,9 @@ def _row(s):
     )
 
 
-def _ids(events):
-    return events | beam.Map(lambda e: e.event.event_id)
-
 
 def test_a_bridging_event_merges_two_sessions_and_a_long_gap_splits_them():
-    config = SessionWindowConfig(gap_seconds=6 * 60, late_data=ONE_SHARD)
+    config = SessionWindowConfig(gap_seconds=6 * 60)
     stream = (
         TestStream()
         .advance_watermark_to(_at(S0))
@@ -74,7 +69,7 @@ def test_a_bridging_event_merges_two_sessions_and_a_long_gap_splits_them():
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | UserSessions(config)
         assert_that(
-            result.sessions | beam.Map(_row),
+            result | beam.Map(_row),
             equal_to(
                 [
                     ("u-bridge", 0, 10 * MIN, 10 * MIN, 3, "ON_TIME", 0),
@@ -84,7 +79,6 @@ def test_a_bridging_event_merges_two_sessions_and_a_long_gap_splits_them():
             ),
             label="Sessions",
         )
-        assert_that(_ids(result.too_late), equal_to([]), label="TooLate")
 
 
 def test_summary_fields():
@@ -110,9 +104,9 @@ def test_summary_fields():
         .advance_watermark_to_infinity()
     )
     with TestPipeline(options=streaming_options()) as p:
-        result = p | stream | UserSessions(SessionWindowConfig(late_data=ONE_SHARD))
+        result = p | stream | UserSessions(SessionWindowConfig())
         assert_that(
-            result.sessions
+            result
             | beam.Map(
                 lambda s: (
                     *_row(s),
@@ -131,7 +125,7 @@ def test_summary_fields():
         )
 
 
-def test_late_event_refines_the_session_and_too_late_events_are_counted():
+def test_late_event_refines_the_session_and_too_late_events_are_dropped():
     gap, lateness = 30 * MIN, 5 * MIN
     stream = (
         TestStream()
@@ -148,11 +142,11 @@ def test_late_event_refines_the_session_and_too_late_events_are_counted():
         )
         .advance_watermark_to_infinity()
     )
-    config = SessionWindowConfig(late_data=ONE_SHARD)
+    config = SessionWindowConfig()
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | UserSessions(config)
         assert_that(
-            result.sessions | beam.Map(_row),
+            result | beam.Map(_row),
             equal_to(
                 [
                     ("late", 0, 1 * MIN, 1 * MIN, 2, "ON_TIME", 0),
@@ -161,12 +155,11 @@ def test_late_event_refines_the_session_and_too_late_events_are_counted():
             ),
             label="Sessions",
         )
-        assert_that(_ids(result.too_late), equal_to(["too-late", "too-late-new-user"]), label="TooLate")
 
 
 def test_a_late_event_that_merges_sessions_restarts_the_pane_index():
     """Beam keeps no pane state across a merge: the merged session's LATE pane has index 0."""
-    config = SessionWindowConfig(gap_seconds=6 * 60, allowed_lateness_seconds=10 * 60, late_data=ONE_SHARD)
+    config = SessionWindowConfig(gap_seconds=6 * 60, allowed_lateness_seconds=10 * 60)
     stream = (
         TestStream()
         .advance_watermark_to(_at(S0))
@@ -178,7 +171,7 @@ def test_a_late_event_that_merges_sessions_restarts_the_pane_index():
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | UserSessions(config)
         assert_that(
-            result.sessions | beam.Map(_row),
+            result | beam.Map(_row),
             equal_to(
                 [
                     ("merge", 0, 0, 0, 1, "ON_TIME", 0),
@@ -188,7 +181,6 @@ def test_a_late_event_that_merges_sessions_restarts_the_pane_index():
             ),
             label="Sessions",
         )
-        assert_that(_ids(result.too_late), equal_to([]), label="TooLate")
 
 
 def test_config_defaults_and_validation():

@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from beam_pipelines.clickstream import run
-from beam_pipelines.settings import SettingsError, load_settings
+from beam_pipelines.settings import SASL_PASSWORD_ENV, SettingsError, load_settings
+from runners.__main__ import main as run
 
 
 def test_bundled_config_loads_with_every_output_mapped_to_a_topic():
@@ -16,6 +16,7 @@ def test_bundled_config_loads_with_every_output_mapped_to_a_topic():
         "unrouted",
         "window_metrics",
         "sessions",
+        "filtered",
         "dead_letters",
     ]
     assert settings.topic("dead_letters") == "clickstream.dead-letters"
@@ -33,6 +34,9 @@ def test_secrets_do_not_leak_into_reprs():
     settings = load_settings(overrides=("kafka.sasl_username=svc", "kafka.sasl_password=hunter2"))
     assert "hunter2" not in repr(settings)
     assert settings.kafka.client_config()["sasl.password"] == "hunter2"
+    # What travels to workers names the environment variable, never the value.
+    assert "hunter2" not in repr(settings.kafka.public_client_config())
+    assert settings.kafka.secret_env() == {"sasl.password": SASL_PASSWORD_ENV}
 
 
 @pytest.mark.parametrize(
@@ -72,3 +76,11 @@ def test_cli_help_lists_every_settings_path(capsys):
     out = capsys.readouterr().out
     for path in ("kafka.bootstrap_servers", "enrichment.lookup_timeout_seconds", "sessions.gap_seconds", "routes"):
         assert path in out
+    assert "runner.flink_master" in out and "[default: ()]" not in out
+
+
+def test_cli_names_an_unknown_runner_and_retires_direct(capsys):
+    assert run(["--runner", "spark"]) == 2
+    assert "unknown RUNNER='spark'" in capsys.readouterr().err
+    assert run(["--runner", "direct"]) == 2
+    assert "use RUNNER=prism" in capsys.readouterr().err

@@ -12,11 +12,9 @@ from pydantic import ValidationError
 
 from schemas.records import EnrichedEvent, Product
 from tests.unit.conftest import make_event, streaming_options
-from transforms.late_data import LateDataConfig
 from transforms.windowed_metrics import TumblingWindowConfig, WindowedMetrics
 
 W0 = 28_333_333 * 60_000  # a minute boundary (2023-11-14T22:13:00Z), in ms
-ONE_SHARD = LateDataConfig(shards=1)  # every element shares one watermark probe: deterministic in tests
 
 
 def _enriched(event_id, at_ms, event_type="purchase", category="shoes", amount=1000, currency="EUR"):
@@ -61,9 +59,6 @@ def _row(m):
     )
 
 
-def _ids(events):
-    return events | beam.Map(lambda e: e.event.event_id)
-
 
 def test_on_time_late_and_too_late_panes():
     stream = (
@@ -89,11 +84,11 @@ def test_on_time_late_and_too_late_panes():
         )
         .advance_watermark_to_infinity()
     )
-    config = TumblingWindowConfig(late_data=ONE_SHARD)
+    config = TumblingWindowConfig()
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | WindowedMetrics(config)
         assert_that(
-            result.metrics | beam.Map(_row),
+            result | beam.Map(_row),
             equal_to(
                 [
                     (0, 60_000, "purchase", "shoes", "EUR", 2, 2, 4000, 2000.0, 2000.0, 2900.0, 2980.0, "ON_TIME", 0),
@@ -104,7 +99,6 @@ def test_on_time_late_and_too_late_panes():
             ),
             label="Panes",
         )
-        assert_that(_ids(result.too_late), equal_to(["too-late", "too-late-unseen-window"]), label="TooLate")
 
 
 def test_lateness_boundary_is_exact():
@@ -119,15 +113,14 @@ def test_lateness_boundary_is_exact():
         .add_elements(_stamped(_enriched("past-boundary", W0 + 3_000)))
         .advance_watermark_to_infinity()
     )
-    config = TumblingWindowConfig(allowed_lateness_seconds=0, late_data=ONE_SHARD)
+    config = TumblingWindowConfig(allowed_lateness_seconds=0)
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | WindowedMetrics(config)
         assert_that(
-            result.metrics | beam.Map(lambda m: (m.event_count, m.pane_timing, m.pane_index)),
+            result | beam.Map(lambda m: (m.event_count, m.pane_timing, m.pane_index)),
             equal_to([(1, "ON_TIME", 0), (2, "LATE", 1)]),
             label="Panes",
         )
-        assert_that(_ids(result.too_late), equal_to(["past-boundary"]), label="TooLate")
 
 
 def test_each_key_has_its_own_row():
@@ -142,9 +135,9 @@ def test_each_key_has_its_own_row():
     ]
     stream = TestStream().advance_watermark_to(_at(W0)).add_elements(_stamped(*events)).advance_watermark_to_infinity()
     with TestPipeline(options=streaming_options()) as p:
-        result = p | stream | WindowedMetrics(TumblingWindowConfig(late_data=ONE_SHARD))
+        result = p | stream | WindowedMetrics(TumblingWindowConfig())
         assert_that(
-            result.metrics
+            result
             | beam.Map(
                 lambda m: (m.event_type, m.category, m.currency, m.event_count, m.amount_sum_minor, m.pane_timing)
             ),
@@ -159,7 +152,6 @@ def test_each_key_has_its_own_row():
             ),
             label="Rows",
         )
-        assert_that(_ids(result.too_late), equal_to([]), label="TooLate")
 
 
 def test_percentiles_match_numpy_linear_interpolation():
@@ -179,8 +171,8 @@ def test_percentiles_match_numpy_linear_interpolation():
 
     stream = TestStream().advance_watermark_to(_at(W0)).add_elements(_stamped(*events)).advance_watermark_to_infinity()
     with TestPipeline(options=streaming_options()) as p:
-        result = p | stream | WindowedMetrics(TumblingWindowConfig(late_data=ONE_SHARD))
-        assert_that(result.metrics, check)
+        result = p | stream | WindowedMetrics(TumblingWindowConfig())
+        assert_that(result, check)
 
 
 def test_early_panes_fire_on_processing_time():
@@ -193,17 +185,17 @@ def test_early_panes_fire_on_processing_time():
         .advance_watermark_to(_at(W0 + 60_000))
         .advance_watermark_to_infinity()
     )
-    config = TumblingWindowConfig(early_firing_seconds=10, late_data=ONE_SHARD)
+    config = TumblingWindowConfig(early_firing_seconds=10)
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | WindowedMetrics(config)
         assert_that(
-            result.metrics | beam.Map(lambda m: (m.event_count, m.amount_sum_minor, m.pane_timing, m.pane_index)),
+            result | beam.Map(lambda m: (m.event_count, m.amount_sum_minor, m.pane_timing, m.pane_index)),
             equal_to([(1, 100, "EARLY", 0), (2, 300, "ON_TIME", 1)]),
         )
 
 
-def test_default_monitor_shards_still_count_too_late_data():
-    """Eight shards, round robin: every shard sees on-time data before the watermark moves on."""
+def test_too_late_data_enters_no_pane():
+    """Past window end + allowed lateness, the GroupByKey drops data: the final pane has only what was on time."""
     on_time = [_enriched(f"o{i}", W0 + i * 1_000) for i in range(16)]
     too_late = [_enriched(f"t{i}", W0 + i * 1_000) for i in range(8)]
     stream = (
@@ -216,44 +208,12 @@ def test_default_monitor_shards_still_count_too_late_data():
     )
     with TestPipeline(options=streaming_options()) as p:
         result = p | stream | WindowedMetrics()
-        assert_that(result.metrics | beam.Map(lambda m: (m.event_count, m.pane_timing)), equal_to([(16, "ON_TIME")]))
-        assert_that(_ids(result.too_late), equal_to([f"t{i}" for i in range(8)]), label="TooLate")
-
-
-def test_too_late_data_is_counted_after_a_day_long_watermark_jump():
-    """The monitor's timer ladder catches up with a day-long watermark jump in a few rounds, not 86 400."""
-    day = 86_400_000
-    stream = (
-        TestStream()
-        .advance_watermark_to(_at(W0))
-        .add_elements(_stamped(_enriched("a1", W0 + 1_000)))
-        .advance_watermark_to(_at(W0 + day))
-        # The shard tracked the watermark only up to 1 h past the last expiry it saw: "fresh" restarts it,
-        # "day-old" is behind what it already knew.
-        .add_elements(_stamped(_enriched("fresh", W0 + day + 1_000), _enriched("day-old", W0 + 2_000)))
-        .add_elements(
-            _stamped(
-                _enriched("just-too-late", W0 + day - 420_000),  # expiry: watermark - 60 s
-                _enriched("at-expiry", W0 + day - 360_000),  # expiry == watermark: still taken
-            )
-        )
-        .advance_watermark_to_infinity()
-    )
-    with TestPipeline(options=streaming_options()) as p:
-        result = p | stream | WindowedMetrics(TumblingWindowConfig(late_data=ONE_SHARD))
-        assert_that(
-            result.metrics | beam.Map(lambda m: (m.window_start - W0, m.event_count, m.pane_timing)),
-            equal_to([(0, 1, "ON_TIME"), (day - 360_000, 1, "LATE"), (day, 1, "ON_TIME")]),
-            label="Panes",
-        )
-        assert_that(_ids(result.too_late), equal_to(["day-old", "just-too-late"]), label="TooLate")
+        assert_that(result | beam.Map(lambda m: (m.event_count, m.pane_timing)), equal_to([(16, "ON_TIME")]))
 
 
 def test_config_is_validated_with_clear_messages():
     assert TumblingWindowConfig().size_seconds == 60
     assert TumblingWindowConfig().allowed_lateness_seconds == 300
-    with pytest.raises(ValidationError, match="must divide size_seconds"):
-        TumblingWindowConfig(late_data=LateDataConfig(resolution_ms=7_000))
     with pytest.raises(ValidationError, match="size_seconds"):
         TumblingWindowConfig(size_seconds=0)
     with pytest.raises(ValidationError, match="extra"):

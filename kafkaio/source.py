@@ -1,0 +1,404 @@
+"""``ReadFromKafka``: Kafka topic-partitions as restrictions of a splittable DoFn.
+
+Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read partition (SDF over offsets)``.
+
+- One restriction per topic-partition, ``OffsetRange(start, end)``: ``end`` is "infinity" for a
+  long-running job, or the partition's end offset when the job starts with ``stop_at_end`` (a bounded
+  read that finishes by itself once everything present at launch is read).
+- A consumer per partition is assigned (``assign`` + offset, never a group subscription), so the runner,
+  not Kafka's group protocol, decides who reads what. Each ``process`` call reads at most
+  ``max_records_per_bundle`` records or ``max_bundle_seconds``, then checkpoints with
+  ``defer_remainder`` (yielding a ``ProcessContinuation`` does not work on the portable Python worker).
+- Offsets are committed to the consumer group in the **bundle finalizer**, i.e. only after the runner
+  made the bundle's output durable: the group's lag is real, and a restarted job resumes from the last
+  finalized bundle (at-least-once; after a crash the uncommitted tail is read again, so duplicates are
+  bounded by one checkpoint's worth of records per partition).
+- Element timestamps are the Kafka record timestamps; the watermark of a partition is the highest
+  timestamp read from it (Kafka timestamps are monotone per partition with log-append time). A
+  partition with no new record for ``idle_timeout_seconds`` advances its watermark to wall-clock time
+  minus that timeout, so an idle partition cannot hold windows back forever; records that arrive later
+  than that are late data downstream.
+- New partitions of the topic are discovered every ``discovery_interval_seconds`` while running.
+- ``restriction_size`` reports the backlog (end offset - position) to the runner.
+"""
+
+import logging
+import sys
+import time
+from typing import Any, Iterator, Literal, NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.io.iobase import RestrictionTracker, WatermarkEstimator
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kafkaio.config import ClientConfig
+from schemas.records import KafkaRecord
+
+_LOG = logging.getLogger(__name__)
+#: OffsetRange end of an unbounded partition read.
+UNBOUNDED = sys.maxsize
+_METADATA_TIMEOUT_S = 10.0
+
+
+class KafkaPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+beam.coders.registry.register_coder(KafkaPartition, beam.coders.RowCoder)
+
+
+class ReadConfig(BaseModel):
+    """What to read and how; every field is a pipeline setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str = Field(description="Topic to read.")
+    group_id: str = Field(description="Consumer group whose offsets are read at start and committed per bundle.")
+    start: Literal["committed", "earliest", "latest", "timestamp"] = Field(
+        "committed",
+        description="Where a partition starts: the group's committed offset (earliest when it has none), the "
+        "earliest or latest offset, or the first offset at start_timestamp_ms.",
+    )
+    start_timestamp_ms: Optional[int] = Field(None, ge=0, description="For start=timestamp: epoch millis.")
+    stop_at_end: bool = Field(
+        False, description="Read up to the end offsets found at start, then finish (a bounded run)."
+    )
+    idle_timeout_seconds: float = Field(
+        5.0, gt=0, description="A partition without new records this long stops holding the watermark back."
+    )
+    max_records_per_bundle: int = Field(100, ge=1, description="Records read per partition before a checkpoint.")
+    max_bundle_seconds: float = Field(0.5, gt=0, description="Time spent per partition before a checkpoint.")
+    poll_timeout_seconds: float = Field(0.1, gt=0, description="How long one poll of an idle partition waits.")
+    discovery_interval_seconds: float = Field(10.0, gt=0, description="How often new partitions are looked for.")
+
+    @model_validator(mode="after")
+    def _timestamp_given(self) -> "ReadConfig":
+        if self.start == "timestamp" and self.start_timestamp_ms is None:
+            raise ValueError("start=timestamp needs start_timestamp_ms")
+        return self
+
+
+def _new_consumer(client: ClientConfig, group_id: str) -> Consumer:
+    """A consumer that never subscribes and never commits by itself: positions and commits are ours."""
+    return Consumer(
+        {
+            **client.resolve(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+class _Clients:
+    """A lazily made metadata consumer, dropped on pickling (clients never travel in the graph)."""
+
+    def __init__(self, client: ClientConfig, config: ReadConfig):
+        self._client = client
+        self._config = config
+        self._consumer: Optional[Consumer] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_consumer": None}
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = _new_consumer(self._client, self._config.group_id)
+        return self._consumer
+
+    def partition_count(self) -> int:
+        metadata = self.consumer.list_topics(self._config.topic, timeout=_METADATA_TIMEOUT_S)
+        topic = metadata.topics.get(self._config.topic)
+        if topic is None or topic.error is not None:
+            raise KafkaException(topic.error if topic is not None else f"topic {self._config.topic} not found")
+        return len(topic.partitions)
+
+    def watermark_offsets(self, partition: KafkaPartition) -> tuple[int, int]:
+        return self.consumer.get_watermark_offsets(
+            TopicPartition(partition.topic, partition.partition), timeout=_METADATA_TIMEOUT_S
+        )
+
+    def start_offset(self, partition: KafkaPartition) -> int:
+        """The first offset to read, from the configured start position."""
+        config = self._config
+        low, high = self.watermark_offsets(partition)
+        tp = TopicPartition(partition.topic, partition.partition)
+        if config.start == "committed":
+            committed = self.consumer.committed([tp], timeout=_METADATA_TIMEOUT_S)[0]
+            if committed.error is not None:
+                raise KafkaException(committed.error)
+            offset = committed.offset if committed.offset >= 0 else low
+        elif config.start == "earliest":
+            offset = low
+        elif config.start == "latest":
+            offset = high
+        else:
+            tp.offset = config.start_timestamp_ms
+            found = self.consumer.offsets_for_times([tp], timeout=_METADATA_TIMEOUT_S)[0]
+            offset = high if found.offset in (-1, OFFSET_END) else found.offset
+        return min(max(offset, low), high)  # a committed offset below retention restarts at the earliest
+
+
+# --- partition discovery -------------------------------------------------------------------------------------
+
+
+class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
+    """Emits one ``KafkaPartition`` per partition number; its restriction is over partition numbers (claiming
+    n means partition n was emitted, and partitions only grow), bounded by the count at start or unbounded."""
+
+    def __init__(self, clients: _Clients, config: ReadConfig):
+        self._clients = clients
+        self._config = config
+
+    def initial_restriction(self, element: Any) -> OffsetRange:
+        end = self._clients.partition_count() if self._config.stop_at_end else UNBOUNDED
+        return OffsetRange(0, end)
+
+    def create_tracker(self, restriction: OffsetRange) -> RestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element: Any, restriction: OffsetRange) -> int:
+        return 1
+
+    def split(self, element: Any, restriction: OffsetRange) -> Iterator[OffsetRange]:
+        yield restriction
+
+    def restriction_coder(self) -> PickleCoder:
+        return PickleCoder()
+
+    def process(
+        self,
+        element: Any,
+        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(),
+        watermark: ManualWatermarkEstimator = beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()
+        ),
+    ) -> Iterator[KafkaPartition]:
+        restriction = tracker.current_restriction()
+        count = min(self._clients.partition_count(), restriction.stop)
+        for number in range(restriction.start, count):
+            if not tracker.try_claim(number):
+                return
+            yield KafkaPartition(self._config.topic, number)
+        if restriction.stop != UNBOUNDED:
+            return
+        # The descriptors hold nothing back: the partitions' own watermarks do.
+        now = Timestamp.now()
+        if watermark.current_watermark() is None or watermark.current_watermark() < now:
+            watermark.set_watermark(now)
+        tracker.defer_remainder(Duration(seconds=self._config.discovery_interval_seconds))
+
+
+# --- partition reading ---------------------------------------------------------------------------------------
+
+
+class _Watermark(WatermarkEstimator):
+    """A partition's watermark (highest record timestamp, or wall clock minus the idle timeout when idle).
+
+    State: (watermark, wall-clock seconds of the last record or of the restriction's start).
+    """
+
+    def __init__(self, state: Optional[tuple[Timestamp, float]]):
+        self._watermark, self._last_active = state if state is not None else (MIN_TIMESTAMP, time.time())
+
+    def observe_timestamp(self, timestamp: Timestamp) -> None:
+        pass
+
+    def current_watermark(self) -> Timestamp:
+        return self._watermark
+
+    def get_estimator_state(self) -> tuple[Timestamp, float]:
+        return self._watermark, self._last_active
+
+    # Methods, not attributes: the runner hands process() a thread-safe proxy that forwards method calls only.
+    def advance(self, timestamp: Timestamp) -> None:
+        """A record with this timestamp was read (or the partition is idle): move the watermark up to it."""
+        if timestamp > self._watermark:
+            self._watermark = timestamp
+        self._last_active = time.time()
+
+    def advance_if_idle(self, idle_timeout_seconds: float) -> None:
+        """No record for ``idle_timeout_seconds``: hold nothing back beyond wall clock minus that timeout."""
+        now = time.time()
+        if now - self._last_active >= idle_timeout_seconds:
+            candidate = Timestamp.of(now - idle_timeout_seconds)
+            if candidate > self._watermark:
+                self._watermark = candidate
+
+
+class _WatermarkProvider(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element: KafkaPartition, restriction: OffsetRange) -> None:
+        return None
+
+    def create_watermark_estimator(self, state: Optional[tuple[Timestamp, float]]) -> _Watermark:
+        return _Watermark(state)
+
+    def estimator_state_coder(self) -> PickleCoder:
+        return PickleCoder()
+
+
+class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
+    """Reads one partition's ``OffsetRange(start, end)`` in budgeted slices; commits offsets once a slice is
+    durable. The restriction's size is the backlog, reported to the runner; it is never split, which keeps
+    per-partition order."""
+
+    def __init__(self, client: ClientConfig, config: ReadConfig, clients: _Clients):
+        self._client = client
+        self._config = config
+        self._clients = clients
+
+    # -- restriction provider
+
+    def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
+        start = self._clients.start_offset(element)
+        end = self._clients.watermark_offsets(element)[1] if self._config.stop_at_end else UNBOUNDED
+        return OffsetRange(start, max(start, end))
+
+    def create_tracker(self, restriction: OffsetRange) -> RestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def split(self, element: KafkaPartition, restriction: OffsetRange) -> Iterator[OffsetRange]:
+        yield restriction
+
+    def restriction_size(self, element: KafkaPartition, restriction: OffsetRange) -> int:
+        if restriction.stop != UNBOUNDED:
+            return restriction.size()
+        try:
+            high = self._clients.watermark_offsets(element)[1]
+        except KafkaException:
+            return 1
+        return max(1, high - restriction.start)
+
+    def restriction_coder(self) -> PickleCoder:
+        return PickleCoder()
+
+    # -- reading
+
+    def setup(self) -> None:
+        # partition -> (consumer, the offset it returns next)
+        self._consumers: dict[KafkaPartition, tuple[Consumer, int]] = {}
+        self._read = beam.metrics.Metrics.counter("kafkaio", f"records_read[{self._config.topic}]")
+
+    def teardown(self) -> None:
+        for consumer, _ in self._consumers.values():
+            consumer.close()
+        self._consumers.clear()
+
+    def process(
+        self,
+        element: KafkaPartition,
+        # The finalizer comes first: Beam passes it positionally, the tracker and estimator by keyword.
+        finalizer: Any = beam.DoFn.BundleFinalizerParam,
+        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(),
+        watermark: _Watermark = beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
+    ) -> Iterator[TimestampedValue]:
+        config = self._config
+        restriction = tracker.current_restriction()
+        position = restriction.start
+        consumer = self._positioned_consumer(element, position)
+        deadline = time.monotonic() + config.max_bundle_seconds
+        at_end = False  # the consumer reached the partition's end offset (PARTITION_EOF)
+        idle = False  # a poll returned nothing (no record yet: the partition may still be filling)
+        budget = config.max_records_per_bundle
+        while not at_end and not idle and position < restriction.stop and position - restriction.start < budget:
+            if time.monotonic() >= deadline:
+                break
+            messages = consumer.consume(min(500, budget - (position - restriction.start)), config.poll_timeout_seconds)
+            idle = not messages
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)  # fails the bundle: the runner retries it, nothing is skipped
+                    at_end = True
+                    continue
+                offset = message.offset()
+                if not tracker.try_claim(offset):  # the runner split the rest off: stop here
+                    self._consumers[element] = (consumer, offset)
+                    self._done_slice(element, restriction.start, position, finalizer)
+                    return
+                _, timestamp_ms = message.timestamp()
+                event_time = Timestamp(micros=timestamp_ms * 1000)
+                yield TimestampedValue(
+                    KafkaRecord(message.key(), message.value(), element.topic, element.partition, offset, timestamp_ms),
+                    event_time,
+                )
+                watermark.advance(event_time)
+                position = offset + 1
+        self._consumers[element] = (consumer, position)
+        self._done_slice(element, restriction.start, position, finalizer)
+        if restriction.stop != UNBOUNDED and (position >= restriction.stop or at_end):
+            # Bounded and read to the end offset found at start. Offsets past the last record (gaps, control
+            # records) are claimed too, so the restriction is done.
+            if position < restriction.stop:
+                tracker.try_claim(restriction.stop - 1)
+            return
+        caught_up = at_end or (idle and self._caught_up(consumer, element, position))
+        if caught_up:  # an empty poll alone proves nothing: the fetch after a seek may simply not be back yet
+            watermark.advance_if_idle(config.idle_timeout_seconds)
+        tracker.defer_remainder(Duration(seconds=config.poll_timeout_seconds if caught_up else 0))
+
+    @staticmethod
+    def _caught_up(consumer: Consumer, partition: KafkaPartition, position: int) -> bool:
+        """True when ``position`` is at the partition's end offset as last fetched by ``consumer``."""
+        _, high = consumer.get_watermark_offsets(TopicPartition(partition.topic, partition.partition), cached=True)
+        return high >= 0 and position >= high
+
+    def _positioned_consumer(self, partition: KafkaPartition, offset: int) -> Consumer:
+        cached = self._consumers.get(partition)
+        if cached is not None and cached[1] == offset:
+            return cached[0]
+        consumer = cached[0] if cached is not None else _new_consumer(self._client, self._config.group_id)
+        consumer.assign([TopicPartition(partition.topic, partition.partition, offset)])
+        return consumer
+
+    def _done_slice(self, partition: KafkaPartition, start: int, next_offset: int, finalizer: Any) -> None:
+        """Counts the slice and commits ``next_offset`` for the group once the runner finalizes the bundle.
+
+        A callback is registered even for an empty slice: Prism asks every bundle of this stage to finalize,
+        and the SDK answers with an error for a bundle that registered nothing.
+        """
+        self._read.inc(next_offset - start)
+        consumer = self._consumers[partition][0]
+        tp = TopicPartition(partition.topic, partition.partition, next_offset)
+
+        def commit() -> None:
+            if next_offset <= start:
+                return
+            try:
+                consumer.commit(offsets=[tp], asynchronous=False)
+            except KafkaException as err:  # the next finalized bundle commits a later offset
+                _LOG.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, tp.offset, err)
+
+        finalizer.register(commit)
+
+
+class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]):
+    """Reads ``config.topic`` as ``KafkaRecord``s timestamped with their Kafka timestamps."""
+
+    def __init__(self, client: ClientConfig, config: ReadConfig):
+        super().__init__()
+        self._client = client
+        self._config = config
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
+        clients = _Clients(self._client, self._config)
+        discover = _DiscoverPartitionsFn(clients, self._config)
+        read = _ReadPartitionFn(self._client, self._config, clients)
+        return (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "DiscoverPartitions" >> beam.ParDo(discover).with_output_types(KafkaPartition)
+            | "ReadPartitions" >> beam.ParDo(read).with_output_types(KafkaRecord)
+        )

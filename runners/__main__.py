@@ -1,0 +1,111 @@
+"""``python -m runners``: run the clickstream pipeline live, from Kafka to Kafka, on a runner profile.
+
+Settings come from --config (YAML) with --set overrides; ``--set runner.<field>=<value>`` sets the
+runner profile. Exit codes: 0 reconciled (or stopped cleanly when following), 1 failed or did not
+reconcile, 2 bad settings or a runner that cannot start here (pre-flight).
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, PipelineSettings, SettingsError, load_settings
+from ingestion.generator import GeneratorConfig
+from runners.live import run_live
+from runners.prism import PrismJobServer
+from runners.profiles import PreflightError, RunnerSettings, parse_runner, pipeline_args, preflight
+from runners.stack.process import StackError
+from runners.stack.settings import StackSettings
+
+
+def _settings_help(model: type, prefix: str = "") -> list[str]:
+    """One line per settings path with its default and description, for ``--help``."""
+    lines = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += _settings_help(annotation, f"{path}.")
+            continue
+        default = "" if info.is_required() else info.get_default(call_default_factory=True)
+        if isinstance(default, (dict, tuple, list)) and (len(str(default)) > 60 or not default):
+            default = "(see beam_pipelines/config/clickstream.yaml)" if default else "none"
+        lines.append(f"  {path:<44} {info.description or ''} [default: {default}]")
+    return lines
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runners",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings paths for --set (path=value, value parsed as YAML):\n"
+        + "\n".join(_settings_help(PipelineSettings) + _settings_help(RunnerSettings, "runner.")),
+    )
+    parser.add_argument("--runner", default="prism", help="direct | prism (default) | flink | dataflow")
+    parser.add_argument("--config", type=Path, help=f"settings YAML (default: {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help="override one setting"
+    )
+    parser.add_argument(
+        "--events", type=int, default=3000, help="publish a generated sample of this many records first (0: none)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (same seed, same sample)")
+    parser.add_argument(
+        "--follow", action="store_true", help="keep consuming the input topic until SIGTERM/Ctrl-C (no reconciliation)"
+    )
+    parser.add_argument("--duration", type=float, help="stop the job after this many seconds")
+    return parser
+
+
+def _runner_settings(name: str, overrides: list[str]) -> RunnerSettings:
+    values = {"runner": parse_runner(name)}
+    for override in overrides:
+        path, _, raw = override.partition("=")
+        values[path.removeprefix("runner.")] = yaml.safe_load(raw)
+    try:
+        return RunnerSettings.model_validate(values)
+    except ValidationError as err:
+        details = "; ".join(f"runner.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise SettingsError(f"invalid runner settings: {details}") from None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    runner_overrides = [o for o in args.overrides if o.startswith("runner.")]
+    try:
+        settings = load_settings(args.config, tuple(o for o in args.overrides if not o.startswith("runner.")))
+        runner = _runner_settings(args.runner, runner_overrides)
+        if runner.runner == "direct":
+            raise PreflightError(
+                "the direct profile runs the DirectRunner unit tests (make test), not the live pipeline: "
+                "it cannot read Kafka (an unbounded splittable DoFn) in streaming mode; use RUNNER=prism"
+            )
+        preflight(runner)
+    except (SettingsError, PreflightError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if runner.runner == "prism" and runner.prism_job_endpoint is None:
+        server = PrismJobServer(StackSettings.from_env(), binary=runner.prism_location)
+        try:
+            server.install()
+            server.start()
+        except StackError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        runner = runner.model_copy(update={"prism_job_endpoint": server.endpoint})
+    if settings.kafka.sasl_password:  # read by the LOOPBACK workers of this process, never put in the graph
+        os.environ[SASL_PASSWORD_ENV] = settings.kafka.sasl_password.get_secret_value()
+    generator = GeneratorConfig(seed=args.seed, events=args.events) if args.events > 0 else None
+    return run_live(settings, pipeline_args(runner), generator, follow=args.follow, duration_seconds=args.duration)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
