@@ -45,6 +45,12 @@ _LOG = logging.getLogger(__name__)
 #: OffsetRange end of an unbounded partition read.
 UNBOUNDED = sys.maxsize
 _METADATA_TIMEOUT_S = 10.0
+_NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+}
 
 
 class KafkaPartition(NamedTuple):
@@ -100,6 +106,18 @@ def _new_consumer(client: ClientConfig, group_id: str) -> Consumer:
     )
 
 
+def watermark_offsets(consumer: Consumer, tp: TopicPartition, timeout: float = _METADATA_TIMEOUT_S) -> tuple[int, int]:
+    """(low, high) offsets, retried while a new topic's partition has no leader yet (a retriable error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as err:
+            if err.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 class _Clients:
     """A lazily made metadata consumer, dropped on pickling (clients never travel in the graph)."""
 
@@ -125,9 +143,7 @@ class _Clients:
         return len(topic.partitions)
 
     def watermark_offsets(self, partition: KafkaPartition) -> tuple[int, int]:
-        return self.consumer.get_watermark_offsets(
-            TopicPartition(partition.topic, partition.partition), timeout=_METADATA_TIMEOUT_S
-        )
+        return watermark_offsets(self.consumer, TopicPartition(partition.topic, partition.partition))
 
     def start_offset(self, partition: KafkaPartition) -> int:
         """The first offset to read, from the configured start position."""
@@ -153,6 +169,16 @@ class _Clients:
 # --- partition discovery -------------------------------------------------------------------------------------
 
 
+class _CheckpointOnlyTracker(OffsetRestrictionTracker):
+    """Splits only at the current position (checkpoints): a fractional split of ``[x, UNBOUNDED)`` would hand
+    a second reader a range starting at 2**62, and any split would break per-partition order."""
+
+    def try_split(self, fraction_of_remainder: float):
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+
 class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
     """Emits one ``KafkaPartition`` per partition number; its restriction is over partition numbers (claiming
     n means partition n was emitted, and partitions only grow), bounded by the count at start or unbounded."""
@@ -166,7 +192,7 @@ class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
         return OffsetRange(0, end)
 
     def create_tracker(self, restriction: OffsetRange) -> RestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
+        return _CheckpointOnlyTracker(restriction)
 
     def restriction_size(self, element: Any, restriction: OffsetRange) -> int:
         return 1
@@ -266,7 +292,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         return OffsetRange(start, max(start, end))
 
     def create_tracker(self, restriction: OffsetRange) -> RestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
+        return _CheckpointOnlyTracker(restriction)
 
     def split(self, element: KafkaPartition, restriction: OffsetRange) -> Iterator[OffsetRange]:
         yield restriction
@@ -325,7 +351,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                     continue
                 offset = message.offset()
                 if not tracker.try_claim(offset):  # the runner split the rest off: stop here
-                    self._consumers[element] = (consumer, offset)
+                    # The consumer already fetched past ``offset``: force a seek when the residual is read.
+                    self._consumers[element] = (consumer, -1)
                     self._done_slice(element, restriction.start, position, finalizer)
                     return
                 _, timestamp_ms = message.timestamp()

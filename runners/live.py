@@ -28,6 +28,7 @@ from ingestion.generator import GeneratedRecord, GeneratorConfig, generate
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
 from kafkaio import ClientConfig, ReadConfig, ReadFromKafka, WriteToKafka
+from kafkaio.source import watermark_offsets
 from runners.reconcile import InputRecord, Reconciliation, reconcile
 from schemas.catalog import schema_json
 from schemas.registry import ConfluentRegistry, SchemaRegistry
@@ -62,7 +63,7 @@ def end_offsets(settings: PipelineSettings, topic: str) -> Offsets:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         if metadata.error is not None:
             raise RuntimeError(f"topic {topic}: {metadata.error.str()} (`make up` creates the pipeline's topics)")
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
+        return {p: watermark_offsets(consumer, TopicPartition(topic, p))[1] for p in metadata.partitions}
     finally:
         consumer.close()
 
@@ -82,7 +83,7 @@ def start_offsets(settings: PipelineSettings, topic: str) -> Offsets:
     consumer = _consumer(settings, "clickstream-live-inspector")
     try:
         partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        low = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in partitions}
+        low = {p: watermark_offsets(consumer, TopicPartition(topic, p))[0] for p in partitions}
     finally:
         consumer.close()
     return {**low, **committed_offsets(settings, topic, partitions)}
@@ -314,7 +315,12 @@ def run_live(
                 end = end_offsets(settings, topic) if follow else input_end
                 say(f"[{time.monotonic() - started:6.1f}s] " + _progress(settings, input_start, end, outputs_before))
                 next_progress += progress_seconds
-        state = result.wait_until_finish()
+        try:
+            state = result.wait_until_finish()
+        except RuntimeError:  # the portable runner raises for CANCELLED too: only a cancel of ours is clean
+            state = result.state
+            if state != PipelineState.CANCELLED or not (stop.is_set() or duration_seconds is not None):
+                raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

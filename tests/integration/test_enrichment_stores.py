@@ -38,9 +38,7 @@ NO_USER = next(f"u{i:05d}" for i in range(10_000) if f"u{i:05d}" not in USERS)  
 NO_PRODUCT = next(f"p{i:05d}" for i in range(10_000) if f"p{i:05d}" not in PRODUCTS)
 
 # Happy path: a generous deadline (the first call of a handler also connects); degraded paths: a short one.
-HEALTHY = EnrichmentConfig(
-    lookup_timeout_seconds=2.0, initial_backoff_seconds=0.01, max_backoff_seconds=0.05
-)
+HEALTHY = EnrichmentConfig(lookup_timeout_seconds=2.0, initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
 STRICT = HEALTHY.model_copy(update={"lookup_timeout_seconds": 0.3})
 
 

@@ -176,9 +176,7 @@ def test_whole_pipeline_outputs_and_reconciliation(registry):
 
         return AssertOutput()
 
-    inputs = [
-        InputRecord(0, offset, _event_id(registry, value)) for offset, (_, value) in enumerate(dataset)
-    ]
+    inputs = [InputRecord(0, offset, _event_id(registry, value)) for offset, (_, value) in enumerate(dataset)]
 
     def reconciles(fates):
         routed = {name: [i for n, i in fates if n == name] for name in ROUTES}

@@ -48,7 +48,6 @@ def _row(s):
     )
 
 
-
 def test_a_bridging_event_merges_two_sessions_and_a_long_gap_splits_them():
     config = SessionWindowConfig(gap_seconds=6 * 60)
     stream = (

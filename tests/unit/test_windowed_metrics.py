@@ -59,7 +59,6 @@ def _row(m):
     )
 
 
-
 def test_on_time_late_and_too_late_panes():
     stream = (
         TestStream()

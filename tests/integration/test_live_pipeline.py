@@ -1,0 +1,219 @@
+"""The live pipeline on Prism against the real broker, registry, PostgreSQL and Redis: Kafka in, Kafka out.
+
+Each test has its own topics and consumer group, so tests never see each other's records.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from beam_pipelines.settings import PipelineSettings, load_settings
+from ingestion.generator import GeneratorConfig
+from runners.live import committed_offsets, end_offsets, publish_sample, registry_for, run_live, summarize
+from runners.prism import PrismJobServer
+from runners.profiles import RunnerSettings, pipeline_args
+from runners.stack.kafka import ensure_topics, pipeline_topics
+from runners.stack.process import require_free_port
+from runners.stack.settings import StackSettings
+from tests.integration.conftest import KAFKA_STACK, STORES
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+PRISM_PORT = int(os.environ.get("IT_PRISM_PORT", "18073"))
+
+
+@pytest.fixture(scope="module")
+def prism() -> Iterator[PrismJobServer]:
+    """Prism's job service on its own port; stopped (by pid) at the end, whatever happened."""
+    server = PrismJobServer(StackSettings(prism_port=PRISM_PORT), name="it-prism")
+    try:
+        if server.pid is None:
+            require_free_port("127.0.0.1", PRISM_PORT, server.name)
+        server.install()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def live_settings(kafka_broker, schema_registry_service, postgres_store, redis_store) -> PipelineSettings:
+    """Settings pointing at the test stack, with topics and a group of this test's own."""
+    run = uuid.uuid4().hex[:8]
+    base = load_settings()
+    topics = {name: f"it-{run}.{name}" for name in base.kafka.output_topics}
+    overrides = [
+        f"kafka.bootstrap_servers={KAFKA_STACK.kafka_bootstrap}",
+        f"kafka.input_topic=it-{run}.raw",
+        f"kafka.consumer_group=it-{run}-pipeline",
+        f"registry.url={KAFKA_STACK.registry_url}",
+        f"stores.postgres_dsn={postgres_store.dsn}",
+        f"stores.redis_url=redis://{STORES.host}:{STORES.redis_port}/0",
+        *(f"kafka.output_topics.{name}={topic}" for name, topic in topics.items()),
+    ]
+    settings = load_settings(overrides=tuple(overrides))
+    ensure_topics(KAFKA_STACK.kafka_bootstrap, pipeline_topics(settings), partitions=3)
+    return settings
+
+
+def _args(prism: PrismJobServer) -> list[str]:
+    return pipeline_args(RunnerSettings(runner="prism", prism_job_endpoint=prism.endpoint))
+
+
+def _cli(settings: PipelineSettings, prism: PrismJobServer, *extra: str) -> list[str]:
+    sets = [
+        f"kafka.bootstrap_servers={settings.kafka.bootstrap_servers}",
+        f"kafka.input_topic={settings.kafka.input_topic}",
+        f"kafka.consumer_group={settings.kafka.consumer_group}",
+        f"registry.url={settings.registry.url}",
+        f"stores.postgres_dsn={settings.stores.postgres_dsn.get_secret_value()}",
+        f"stores.redis_url={settings.stores.redis_url}",
+        f"runner.prism_job_endpoint={prism.endpoint}",
+        *(f"kafka.output_topics.{n}={t}" for n, t in settings.kafka.output_topics.items()),
+    ]
+    return [sys.executable, "-m", "runners", *[a for s in sets for a in ("--set", s)], *extra]
+
+
+def test_live_run_reconciles_with_both_schema_versions_and_commits_every_offset(live_settings, prism, capsys):
+    """(a) every output read back and reconciled; (d) v1 and v2 writers in one run; (e) committed == end offsets."""
+    code = run_live(live_settings, _args(prism), GeneratorConfig(seed=21, events=1500, v1_share=0.4))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = next(x for x in out.splitlines() if x.startswith("reconciliation:"))
+    assert "-> OK; lost 0; duplicates 0" in line, line
+    assert "in 1500 = " in line
+    for output in ("orders", "enriched", "window_metrics", "sessions", "filtered", "dead_letters"):
+        count = int(next(x for x in out.splitlines() if x.strip().startswith(output + " ")).split()[-1])
+        assert count > 0, f"{output} is empty:\n{out}"
+    topic = live_settings.kafka.input_topic
+    end = end_offsets(live_settings, topic)
+    assert committed_offsets(live_settings, topic, list(end)) == end
+
+
+def test_v1_records_are_read_as_v2_with_the_default(live_settings, prism, capsys):
+    """(d) an old producer's record comes out enriched with referrer=None, next to v2 records with a referrer."""
+    config = GeneratorConfig(
+        seed=5,
+        events=300,
+        v1_share=0.5,
+        invalid_share=0,
+        malformed_share=0,
+        bot_share=0,
+        test_user_share=0,
+        late_share=0,
+        too_late_share=0,
+    )
+    assert run_live(live_settings, _args(prism), config) == 0
+    registry = registry_for(live_settings)
+    summary = summarize(
+        live_settings,
+        registry,
+        {},
+        end_offsets(live_settings, live_settings.kafka.input_topic),
+        {"enriched": {}, **{n: {} for n in live_settings.output_names() if n != "enriched"}},
+        1.0,
+    )
+    assert summary.reconciliation.ok
+    from runners.live import read_range
+    from schemas.catalog import schema_json
+    from schemas.serde import ConfluentAvroSerde
+
+    serde = ConfluentAvroSerde(registry, schema_json("enriched_event"))
+    topic = live_settings.topic("enriched")
+    referrers = {
+        serde.decode(m.value())["event"]["referrer"]
+        for m in read_range(live_settings, topic, {}, end_offsets(live_settings, topic))
+    }
+    assert None in referrers and len(referrers) > 1
+
+
+def test_idle_partition_does_not_hold_windows_back(live_settings, prism):
+    """(b) partitions 1 and 2 get nothing; following the topic, the windows of partition 0's data still fire."""
+    settings = live_settings
+    registry = registry_for(settings)
+    from schemas.catalog import schema_json
+    from schemas.records import to_avro
+    from schemas.serde import ConfluentAvroSerde
+    from tests.unit.conftest import make_event
+
+    serde = ConfluentAvroSerde(
+        registry, schema_json("clickstream_event"), subject=f"{settings.kafka.input_topic}-value"
+    )
+    now = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for i in range(60):  # two minutes of events ending 20 s ago: their windows end before the idle horizon
+        event = make_event(
+            event_id=f"idle-{i}",
+            user_id=f"u{i % 5:05d}",
+            event_type="page_view",
+            event_time=now - 140_000 + i * 2_000,
+            product_id=None,
+            amount_minor=None,
+            currency=None,
+        )
+        producer.produce(
+            settings.kafka.input_topic, serde.encode(to_avro(event)), partition=0, timestamp=event.event_time
+        )
+    assert producer.flush(10) == 0
+    proc = subprocess.Popen(
+        _cli(settings, prism, "--events", "0", "--follow", "--set", "windows.allowed_lateness_seconds=0"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        metrics_topic = settings.topic("window_metrics")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and sum(end_offsets(settings, metrics_topic).values()) == 0:
+            time.sleep(1)
+        assert sum(end_offsets(settings, metrics_topic).values()) > 0, "no window fired while partitions 1-2 idle"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "stopping: cancelling the job" in output
+
+
+def test_killed_runner_restarts_from_committed_offsets_without_loss(live_settings, prism):
+    """(c) Prism SIGKILLed mid-stream, started again: the second job resumes from committed offsets."""
+    settings = live_settings
+    registry = registry_for(settings)
+    topic = settings.kafka.input_topic
+    outputs_before = {name: {} for name in settings.output_names()}
+    records = publish_sample(settings, GeneratorConfig(seed=33, events=6000), registry)
+    first = subprocess.Popen(
+        _cli(settings, prism, "--events", "0"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    end = end_offsets(settings, topic)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = sum(committed_offsets(settings, topic, list(end)).values())
+        if done > 0:
+            break
+        time.sleep(0.2)
+    prism.kill()
+    first.communicate(timeout=60)
+    committed_at_kill = sum(committed_offsets(settings, topic, list(end)).values())
+    assert 0 < committed_at_kill < len(records), "kill came too late to test a restart"
+    prism.start()
+    second = subprocess.run(
+        _cli(settings, prism, "--events", "0"), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert committed_offsets(settings, topic, list(end)) == end
+    summary = summarize(settings, registry, {}, end, outputs_before, 1.0)
+    rec = summary.reconciliation
+    assert rec.ok, rec.line()
+    assert rec.records_in == len(records) and not rec.lost
+    # Duplicates come only from the uncommitted tail the first job had read when it was killed.
+    assert sum(rec.duplicates.values()) <= len(records) - committed_at_kill, rec.line()
+    print(rec.line())

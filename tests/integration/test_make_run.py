@@ -1,0 +1,28 @@
+"""The README's first command, run as a new user would: `make run` must print a reconciled live run."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runners.stack.process import ManagedProcess
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_make_run_prints_a_reconciled_live_run():
+    already_up = ManagedProcess("kafka").pid() is not None  # a developer's `make up`: use it, leave it running
+    try:
+        done = subprocess.run(
+            ["make", "run", "EVENTS=600", "SEED=3"], cwd=REPO, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        line = next(x for x in done.stdout.splitlines() if x.startswith("reconciliation:"))
+        assert re.search(r"in \d+ = routed \d+ \+ dead-lettered \d+ \+ filtered \d+ -> OK; lost 0", line), line
+        assert "published 600 records" in done.stdout
+        assert re.search(r"^\[ *\d+\.\ds\] consumed \d+ \(lag \d+\)", done.stdout, re.M), "no progress line"
+    finally:
+        if not already_up:
+            subprocess.run(["make", "down"], cwd=REPO, capture_output=True, timeout=300)
