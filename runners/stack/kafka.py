@@ -206,8 +206,15 @@ def reap_if_exited(pid: Optional[int]) -> None:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: a random UUID in Kafka's URL-safe base64 form (what ``random-uuid`` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: a random UUID in Kafka's URL-safe base64 form (what ``random-uuid`` prints).
+
+    Like Kafka's own ``Uuid.randomUuid`` it never starts with ``-``: a leading dash reads as an option
+    to command-line tools (``kafka-storage format -t -Etd...`` failed that way in CI).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class Kafka:
@@ -395,10 +402,8 @@ class Kafka:
             str(LIBS_DIR / "*"),
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_file.read_text().strip(),
-            "-c",
-            str(server),
+            f"--cluster-id={cluster_file.read_text().strip()}",
+            f"--config={server}",
             "--standalone",
         ]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
