@@ -4,6 +4,11 @@
 sink factory for ``OutputRecord``), the schema registry and the lookup handlers are injected, so the
 graph between the edges is identical on every runner: Kafka edges on Prism and Flink, in-memory
 edges in unit tests. ``OUTPUT_CONTRACTS`` is the one table of what each output carries.
+
+Every input record ends in per-record outputs (routes, filtered, dead letters) whose records carry its
+``Provenance``; the sinks hand back the provenance of what they wrote, and the caller commits input
+offsets from those (``kafkaio.commit.CommitOffsets``), so an offset is committed only once its record
+is completely written.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -13,7 +18,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from beam_pipelines.settings import PipelineSettings
 from schemas.catalog import schema_json
-from schemas.records import DeadLetter
+from schemas.records import EnrichedEvent, Provenance, TrackedDeadLetter
 from schemas.registry import SchemaRegistry
 from schemas.serde import ConfluentAvroSerde
 from transforms.decode import DecodeEvents
@@ -25,22 +30,24 @@ from transforms.stage_metrics import counter
 from transforms.validate import ValidateEvents
 from transforms.windowed_metrics import WindowedMetrics
 
-#: (output name, topic) -> a PTransform that writes PCollection[OutputRecord].
+#: (output name, topic) -> a PTransform that writes PCollection[OutputRecord] and returns the provenance
+#: of each record once it is durably written (``kafkaio.WriteToKafka``).
 SinkFactory = Callable[[str, str], beam.PTransform]
 
 
 class OutputContract(NamedTuple):
     contract: str  # Avro contract in schemas/avro
     key: Callable[[Any], str]  # Kafka key: per-user order for events and sessions, the window for metrics
+    aggregate: bool = False  # made from many input records (so its records complete none of them)
 
 
 ROUTED_EVENTS = OutputContract("enriched_event", lambda e: e.event.user_id)
 #: Outputs other than routes (every route carries ROUTED_EVENTS).
 OUTPUT_CONTRACTS: dict[str, OutputContract] = {
     "window_metrics": OutputContract(
-        "window_metric", lambda m: f"{m.window_start}|{m.event_type}|{m.category}|{m.currency}"
+        "window_metric", lambda m: f"{m.window_start}|{m.event_type}|{m.category}|{m.currency}", aggregate=True
     ),
-    "sessions": OutputContract("session_summary", lambda s: s.user_id),
+    "sessions": OutputContract("session_summary", lambda s: s.user_id, aggregate=True),
     "filtered": OutputContract("clickstream_event", lambda e: e.user_id),
     # Spread over partitions by source record (or reason, for records without a source).
     "dead_letters": OutputContract(
@@ -67,10 +74,25 @@ def _output_serde(registry: SchemaRegistry, contract: str, topic: str) -> Conflu
 
 
 class _CountDeadLetterLoss(beam.DoFn):
-    """A dead letter that cannot itself be encoded has nowhere left to go: count it loudly."""
+    """A dead letter that cannot itself be encoded has nowhere left to go: count it loudly, and let its
+    record's offset be committed (reading it again would fail the same way)."""
 
-    def process(self, dead_letter: DeadLetter):
+    def process(self, dead_letter: TrackedDeadLetter):
         counter("dead_letters", "unencodable").inc()
+        if dead_letter.provenance is not None:
+            yield dead_letter.provenance
+
+
+class _Write(NamedTuple):
+    output: str  # the output (its topic)
+    label: str  # the write step's name
+    records: beam.PCollection  # PCollection[OutputRecord]
+    of_aggregates: bool  # its records complete no input record, so the offset committer does not wait for them
+
+
+class BuiltPipeline(NamedTuple):
+    outputs: dict[str, beam.PCollection]  # output name -> PCollection[OutputRecord] handed to the sink
+    written: beam.PCollection  # PCollection[Provenance]: a part of an input record durably written
 
 
 def build_pipeline(
@@ -80,8 +102,8 @@ def build_pipeline(
     sink: SinkFactory,
     registry: SchemaRegistry,
     lookups: Lookups,
-) -> dict[str, beam.PCollection]:
-    """Adds the whole graph to ``p``, writes every output through ``sink``; returns output name -> records written."""
+) -> BuiltPipeline:
+    """Adds the whole graph to ``p`` and writes every output through ``sink``."""
     records = p | "ReadInput" >> source
     decoded = records | "Decode" >> DecodeEvents(ConfluentAvroSerde(registry, schema_json("clickstream_event")))
     validated = decoded.events | "Validate" >> ValidateEvents(settings.validation)
@@ -90,32 +112,50 @@ def build_pipeline(
     typed_outputs: dict[str, beam.PCollection] = dict(
         enriched | "Route" >> RouteEvents(settings.routes, settings.default_route)
     )
-    typed_outputs["window_metrics"] = enriched | "WindowMetrics" >> WindowedMetrics(settings.windows)
-    typed_outputs["sessions"] = enriched | "Sessions" >> UserSessions(settings.sessions)
+    events = enriched | "Untrack" >> beam.Map(lambda tracked: tracked.record).with_output_types(EnrichedEvent)
+    typed_outputs["window_metrics"] = events | "WindowMetrics" >> WindowedMetrics(settings.windows)
+    typed_outputs["sessions"] = events | "Sessions" >> UserSessions(settings.sessions)
     typed_outputs["filtered"] = validated.filtered
 
-    outputs: dict[str, beam.PCollection] = {}
-    dead_letters = [decoded.dead_letters, validated.dead_letters]
+    writes: list[_Write] = []
+    dead_letters: dict[bool, list[beam.PCollection]] = {False: [decoded.dead_letters, validated.dead_letters], True: []}
     for name, pcoll in typed_outputs.items():
         contract = output_contract(name)
         serde = _output_serde(registry, contract.contract, settings.topic(name))
         encoded = pcoll | f"Encode[{name}]" >> EncodeRecords(serde, contract.key, name)
-        dead_letters.append(encoded.dead_letters)
-        outputs[name] = encoded.records
+        dead_letters[contract.aggregate].append(encoded.dead_letters)
+        writes.append(_Write(name, name, encoded.records, contract.aggregate))
 
-    # Dead letters of windowed outputs carry their windows; the dead-letter stream is not windowed.
-    all_dead = [
-        pcoll | f"Unwindow{i}" >> beam.WindowInto(GlobalWindows()) for i, pcoll in enumerate(dead_letters)
-    ] | "CollectDeadLetters" >> beam.Flatten()
+    # Dead letters of input records and of aggregates are written apart: a write downstream of the windows
+    # moves on only with their (held back) watermark, and committing input offsets must not wait for that.
     dlq = output_contract("dead_letters")
-    encoded_dlq = all_dead | "Encode[dead_letters]" >> EncodeRecords(
-        _output_serde(registry, dlq.contract, settings.topic("dead_letters")), dlq.key, "dead_letters"
+    dlq_serde = _output_serde(registry, dlq.contract, settings.topic("dead_letters"))
+    written = []
+    for of_aggregates, parts in dead_letters.items():
+        kind = "aggregates" if of_aggregates else "records"
+        # Dead letters of windowed outputs carry their windows; the dead-letter stream is not windowed.
+        collected = [
+            pcoll | f"Unwindow[{kind}/{i}]" >> beam.WindowInto(GlobalWindows()) for i, pcoll in enumerate(parts)
+        ] | f"CollectDeadLetters[{kind}]" >> beam.Flatten()
+        encoded = collected | f"Encode[dead_letters/{kind}]" >> EncodeRecords(dlq_serde, dlq.key, "dead_letters")
+        lost = encoded.dead_letters | f"CountUnencodableDeadLetters[{kind}]" >> beam.ParDo(
+            _CountDeadLetterLoss()
+        ).with_output_types(Provenance)
+        if not of_aggregates:
+            written.append(lost)
+        writes.append(_Write("dead_letters", f"dead_letters/{kind}", encoded.records, of_aggregates))
+
+    for write in writes:
+        acknowledged = write.records | f"Write[{write.label}]" >> sink(write.output, settings.topic(write.output))
+        if not write.of_aggregates:
+            written.append(acknowledged | f"Written[{write.label}]" >> beam.WindowInto(GlobalWindows()))
+    outputs: dict[str, Any] = {}
+    for write in writes:
+        outputs.setdefault(write.output, []).append(write.records)
+    return BuiltPipeline(
+        {
+            name: parts[0] if len(parts) == 1 else parts | f"All[{name}]" >> beam.Flatten()
+            for name, parts in outputs.items()
+        },
+        written | "AllWritten" >> beam.Flatten(),
     )
-    encoded_dlq.dead_letters | "CountUnencodableDeadLetters" >> beam.ParDo(_CountDeadLetterLoss())
-    outputs["dead_letters"] = encoded_dlq.records
-
-    for name, pcoll in outputs.items():
-        pcoll | f"Write[{name}]" >> sink(name, settings.topic(name))
-    return outputs
-
-

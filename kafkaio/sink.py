@@ -4,16 +4,19 @@ acknowledged every record of it.
 ``finish_bundle`` flushes and raises ``KafkaWriteError`` if any record of the bundle failed or is still
 unacknowledged after ``flush_timeout_seconds``: the runner then retries the bundle (its input is
 re-delivered) instead of committing a bundle whose output is lost. At-least-once: a retried bundle
-may write records a second time; consumers dedupe by key / event id.
+may write records a second time; consumers dedupe by key / event id. Only then does it emit the
+``Provenance`` of each record written (records of per-record outputs carry one), for ``CommitOffsets``.
 """
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import apache_beam as beam
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import KafkaError, Producer
 
 from kafkaio.config import ClientConfig
-from schemas.records import OutputRecord
+from schemas.records import OutputRecord, Provenance
 
 _PRODUCER_DEFAULTS = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"}
 
@@ -39,6 +42,7 @@ class _WriteFn(beam.DoFn):
         self._failed = []
         self._acked = 0
         self._sent = 0
+        self._written_provenance: list[WindowedValue] = []
 
     def _on_delivery(self, err: Optional[KafkaError], _msg: Any) -> None:
         if err is None:
@@ -46,7 +50,9 @@ class _WriteFn(beam.DoFn):
         else:
             self._failed.append(err)
 
-    def process(self, record: OutputRecord) -> None:
+    def process(
+        self, record: OutputRecord, timestamp: Timestamp = beam.DoFn.TimestampParam, window: Any = beam.DoFn.WindowParam
+    ) -> None:
         while True:
             try:
                 self._producer.produce(self._topic, value=record.value, key=record.key, on_delivery=self._on_delivery)
@@ -54,9 +60,11 @@ class _WriteFn(beam.DoFn):
             except BufferError:  # local queue full: serve delivery reports, then try again (never drop)
                 self._producer.poll(0.1)
         self._sent += 1
+        if record.provenance is not None:
+            self._written_provenance.append(WindowedValue(record.provenance, timestamp, (window,)))
         self._producer.poll(0)
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator[WindowedValue]:
         remaining = self._producer.flush(self._flush_timeout_seconds)
         if self._failed or remaining:
             first = self._failed[0].str() if self._failed else "no delivery report in time"
@@ -65,13 +73,15 @@ class _WriteFn(beam.DoFn):
                 f"{self._topic} ({first}); the bundle is retried"
             )
         self._written.inc(self._acked)
+        yield from self._written_provenance
 
     def teardown(self) -> None:
         self._producer.flush(self._flush_timeout_seconds)
 
 
-class WriteToKafka(beam.PTransform[beam.PCollection[OutputRecord], beam.PCollection]):
-    """Writes ``OutputRecord``s (key, Confluent-framed value) to ``topic``."""
+class WriteToKafka(beam.PTransform[beam.PCollection[OutputRecord], beam.PCollection[Provenance]]):
+    """Writes ``OutputRecord``s (key, Confluent-framed value) to ``topic``; returns the provenance of each
+    record Kafka acknowledged."""
 
     def __init__(self, topic: str, client: ClientConfig, flush_timeout_seconds: float = 60.0):
         super().__init__()
@@ -79,5 +89,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[OutputRecord], beam.PCollect
         self._client = client
         self._flush_timeout_seconds = flush_timeout_seconds
 
-    def expand(self, records: beam.PCollection[OutputRecord]) -> beam.PCollection:
-        return records | "Produce" >> beam.ParDo(_WriteFn(self._topic, self._client, self._flush_timeout_seconds))
+    def expand(self, records: beam.PCollection[OutputRecord]) -> beam.PCollection[Provenance]:
+        return records | "Produce" >> beam.ParDo(
+            _WriteFn(self._topic, self._client, self._flush_timeout_seconds)
+        ).with_output_types(Provenance)

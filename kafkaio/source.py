@@ -9,10 +9,10 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
   not Kafka's group protocol, decides who reads what. Each ``process`` call reads at most
   ``max_records_per_bundle`` records or ``max_bundle_seconds``, then checkpoints with
   ``defer_remainder`` (yielding a ``ProcessContinuation`` does not work on the portable Python worker).
-- Offsets are committed to the consumer group in the **bundle finalizer**, i.e. only after the runner
-  made the bundle's output durable: the group's lag is real, and a restarted job resumes from the last
-  finalized bundle (at-least-once; after a crash the uncommitted tail is read again, so duplicates are
-  bounded by one checkpoint's worth of records per partition).
+- Offsets are not committed by the reader: each record carries ``covers_from`` (the reader's position
+  before it) so that ``kafkaio.commit.CommitOffsets`` can commit past a record once every output made
+  from it is acknowledged by Kafka. The reader only records where it starts: the start offset of each
+  partition is committed for the group when the read begins, so the committer counts from the same place.
 - Element timestamps are the Kafka record timestamps; the watermark of a partition is the highest
   timestamp read from it (Kafka timestamps are monotone per partition with log-append time). A
   partition with no new record for ``idle_timeout_seconds`` advances its watermark to wall-clock time
@@ -92,7 +92,7 @@ class ReadConfig(BaseModel):
         return self
 
 
-def _new_consumer(client: ClientConfig, group_id: str) -> Consumer:
+def new_consumer(client: ClientConfig, group_id: str) -> Consumer:
     """A consumer that never subscribes and never commits by itself: positions and commits are ours."""
     return Consumer(
         {
@@ -132,7 +132,7 @@ class _Clients:
     @property
     def consumer(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = _new_consumer(self._client, self._config.group_id)
+            self._consumer = new_consumer(self._client, self._config.group_id)
         return self._consumer
 
     def partition_count(self) -> int:
@@ -146,14 +146,15 @@ class _Clients:
         return watermark_offsets(self.consumer, TopicPartition(partition.topic, partition.partition))
 
     def start_offset(self, partition: KafkaPartition) -> int:
-        """The first offset to read, from the configured start position."""
+        """The first offset to read, from the configured start position; committed for the group when it
+        differs from the group's offset, so the group says where this read began."""
         config = self._config
         low, high = self.watermark_offsets(partition)
         tp = TopicPartition(partition.topic, partition.partition)
+        committed = self.consumer.committed([tp], timeout=_METADATA_TIMEOUT_S)[0]
+        if committed.error is not None:
+            raise KafkaException(committed.error)
         if config.start == "committed":
-            committed = self.consumer.committed([tp], timeout=_METADATA_TIMEOUT_S)[0]
-            if committed.error is not None:
-                raise KafkaException(committed.error)
             offset = committed.offset if committed.offset >= 0 else low
         elif config.start == "earliest":
             offset = low
@@ -163,7 +164,10 @@ class _Clients:
             tp.offset = config.start_timestamp_ms
             found = self.consumer.offsets_for_times([tp], timeout=_METADATA_TIMEOUT_S)[0]
             offset = high if found.offset in (-1, OFFSET_END) else found.offset
-        return min(max(offset, low), high)  # a committed offset below retention restarts at the earliest
+        offset = min(max(offset, low), high)  # a committed offset below retention restarts at the earliest
+        if offset != committed.offset:
+            self.consumer.commit(offsets=[TopicPartition(tp.topic, tp.partition, offset)], asynchronous=False)
+        return offset
 
 
 # --- partition discovery -------------------------------------------------------------------------------------
@@ -275,9 +279,8 @@ class _WatermarkProvider(WatermarkEstimatorProvider):
 
 
 class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
-    """Reads one partition's ``OffsetRange(start, end)`` in budgeted slices; commits offsets once a slice is
-    durable. The restriction's size is the backlog, reported to the runner; it is never split, which keeps
-    per-partition order."""
+    """Reads one partition's ``OffsetRange(start, end)`` in budgeted slices. The restriction's size is the
+    backlog, reported to the runner; it is split only at checkpoints, which keeps per-partition order."""
 
     def __init__(self, client: ClientConfig, config: ReadConfig, clients: _Clients):
         self._client = client
@@ -324,8 +327,6 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     def process(
         self,
         element: KafkaPartition,
-        # The finalizer comes first: Beam passes it positionally, the tracker and estimator by keyword.
-        finalizer: Any = beam.DoFn.BundleFinalizerParam,
         tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(),
         watermark: _Watermark = beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider()),
     ) -> Iterator[TimestampedValue]:
@@ -353,18 +354,18 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                 if not tracker.try_claim(offset):  # the runner split the rest off: stop here
                     # The consumer already fetched past ``offset``: force a seek when the residual is read.
                     self._consumers[element] = (consumer, -1)
-                    self._done_slice(element, restriction.start, position, finalizer)
+                    self._read.inc(position - restriction.start)
                     return
                 _, timestamp_ms = message.timestamp()
                 event_time = Timestamp(micros=timestamp_ms * 1000)
-                yield TimestampedValue(
-                    KafkaRecord(message.key(), message.value(), element.topic, element.partition, offset, timestamp_ms),
-                    event_time,
+                record = KafkaRecord(
+                    message.key(), message.value(), element.topic, element.partition, offset, timestamp_ms, position
                 )
+                yield TimestampedValue(record, event_time)
                 watermark.advance(event_time)
                 position = offset + 1
         self._consumers[element] = (consumer, position)
-        self._done_slice(element, restriction.start, position, finalizer)
+        self._read.inc(position - restriction.start)
         if restriction.stop != UNBOUNDED and (position >= restriction.stop or at_end):
             # Bounded and read to the end offset found at start. Offsets past the last record (gaps, control
             # records) are claimed too, so the restriction is done.
@@ -386,29 +387,9 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         cached = self._consumers.get(partition)
         if cached is not None and cached[1] == offset:
             return cached[0]
-        consumer = cached[0] if cached is not None else _new_consumer(self._client, self._config.group_id)
+        consumer = cached[0] if cached is not None else new_consumer(self._client, self._config.group_id)
         consumer.assign([TopicPartition(partition.topic, partition.partition, offset)])
         return consumer
-
-    def _done_slice(self, partition: KafkaPartition, start: int, next_offset: int, finalizer: Any) -> None:
-        """Counts the slice and commits ``next_offset`` for the group once the runner finalizes the bundle.
-
-        A callback is registered even for an empty slice: Prism asks every bundle of this stage to finalize,
-        and the SDK answers with an error for a bundle that registered nothing.
-        """
-        self._read.inc(next_offset - start)
-        consumer = self._consumers[partition][0]
-        tp = TopicPartition(partition.topic, partition.partition, next_offset)
-
-        def commit() -> None:
-            if next_offset <= start:
-                return
-            try:
-                consumer.commit(offsets=[tp], asynchronous=False)
-            except KafkaException as err:  # the next finalized bundle commits a later offset
-                _LOG.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, tp.offset, err)
-
-        finalizer.register(commit)
 
 
 class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]):

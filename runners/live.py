@@ -27,7 +27,7 @@ from beam_pipelines.settings import PipelineSettings
 from ingestion.generator import GeneratedRecord, GeneratorConfig, generate
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
-from kafkaio import ClientConfig, ReadConfig, ReadFromKafka, WriteToKafka
+from kafkaio import ClientConfig, CommitOffsets, ReadConfig, ReadFromKafka, WriteToKafka
 from kafkaio.source import watermark_offsets
 from runners.reconcile import InputRecord, Reconciliation, reconcile
 from schemas.catalog import schema_json
@@ -145,7 +145,8 @@ def publish_sample(
 def build_live_pipeline(
     settings: PipelineSettings, options: PipelineOptions, registry: SchemaRegistry, follow: bool
 ) -> beam.Pipeline:
-    """The production graph: native Kafka IO at both edges, the real registry and stores."""
+    """The production graph: native Kafka IO at both edges, the real registry and stores; input offsets are
+    committed from what the sinks wrote."""
     client = kafka_client(settings)
     source = ReadFromKafka(
         client,
@@ -156,7 +157,10 @@ def build_live_pipeline(
         RedisProductLookup(settings.stores.redis_url),
     )
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, settings, source, lambda name, topic: WriteToKafka(topic, client), registry, lookups)
+    built = build_pipeline(
+        pipeline, settings, source, lambda name, topic: WriteToKafka(topic, client), registry, lookups
+    )
+    built.written | "CommitOffsets" >> CommitOffsets(client, settings.kafka.consumer_group)
     return pipeline
 
 
@@ -194,13 +198,13 @@ class LiveSummary:
 def _progress(settings: PipelineSettings, start: Offsets, end: Offsets, outputs_before: dict[str, Offsets]) -> str:
     topic = settings.kafka.input_topic
     committed = {**start, **committed_offsets(settings, topic, list(end))}
-    consumed = sum(max(0, committed.get(p, 0) - start.get(p, 0)) for p in end)
+    done = sum(max(0, committed.get(p, 0) - start.get(p, 0)) for p in end)
     lag = sum(max(0, end_p - committed.get(p, 0)) for p, end_p in end.items())
     produced = []
     for name, before in outputs_before.items():
         now = end_offsets(settings, settings.topic(name))
         produced.append(f"{name}={sum(now.values()) - sum(before.values())}")
-    return f"consumed {consumed} (lag {lag}) | produced " + " ".join(produced)
+    return f"completely written {done} (lag {lag}) | produced " + " ".join(produced)
 
 
 def _decoded(settings: PipelineSettings, registry: SchemaRegistry, name: str, start: Offsets) -> list[dict]:
@@ -304,7 +308,7 @@ def run_live(
         next_progress = started + progress_seconds
         while result.state not in _TERMINAL:
             if stop.wait(0.5):
-                say("stopping: cancelling the job (offsets of finished bundles are committed)")
+                say("stopping: cancelling the job (offsets of completely written records are committed)")
                 result.cancel()
                 break
             if duration_seconds is not None and time.monotonic() - started >= duration_seconds:

@@ -23,13 +23,47 @@ class KafkaRecord(NamedTuple):
     partition: Optional[int]
     offset: Optional[int]
     timestamp_ms: Optional[int]
+    #: The reader's position before this record: lower than ``offset`` when the offsets between hold no
+    #: record (compaction, transaction markers). None means ``offset``.
+    covers_from: Optional[int] = None
+
+
+class Provenance(NamedTuple):
+    """The input record an element derives from, and which of that record's per-record outputs it is.
+
+    Written outputs hand their provenance to the offset committer (``kafkaio.commit``), which commits past
+    ``offset`` once all ``parts`` outputs of the record are acknowledged by Kafka. Committing past it also
+    commits ``[covers_from, offset)``.
+    """
+
+    topic: str
+    partition: int
+    covers_from: int
+    offset: int
+    part: int
+    parts: int
+
+    @classmethod
+    def of(cls, record: KafkaRecord) -> Optional["Provenance"]:
+        """The single output of ``record`` (None for a record that did not come from Kafka)."""
+        if record.topic is None or record.partition is None or record.offset is None:
+            return None
+        covers_from = record.offset if record.covers_from is None else record.covers_from
+        return cls(record.topic, record.partition, covers_from, record.offset, 0, 1)
+
+    @staticmethod
+    def split(provenance: Optional["Provenance"], part: int, parts: int) -> Optional["Provenance"]:
+        """Output ``part`` of ``parts`` that the single output ``provenance`` fans out into."""
+        return provenance._replace(part=part, parts=parts) if provenance is not None else None
 
 
 class OutputRecord(NamedTuple):
-    """A record for an output edge: the Kafka key and the Confluent-framed Avro value."""
+    """A record for an output edge: the Kafka key, the Confluent-framed Avro value, and (for per-record
+    outputs) the input record it completes."""
 
     key: Optional[bytes]
     value: bytes
+    provenance: Optional[Provenance] = None
 
 
 class ClickEvent(NamedTuple):
@@ -116,6 +150,7 @@ class DeadLetter(NamedTuple):
 
 RECORD_TYPES: tuple[type, ...] = (
     KafkaRecord,
+    Provenance,
     OutputRecord,
     ClickEvent,
     UserProfile,
@@ -175,6 +210,9 @@ def from_avro(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**values)
 
 
+# --- pipeline envelopes: a contract record and where it came from -------------------------------------------
+
+
 class SourcedEvent(NamedTuple):
     """A decoded event with the record it came from, so a later rejection can dead-letter the original bytes."""
 
@@ -182,5 +220,30 @@ class SourcedEvent(NamedTuple):
     source: KafkaRecord
 
 
-beam.coders.registry.register_coder(SourcedEvent, beam.coders.RowCoder)
-RECORD_TYPES = (*RECORD_TYPES, SourcedEvent)
+class TrackedEvent(NamedTuple):
+    """A valid (or filtered) event and the input record it completes."""
+
+    record: ClickEvent
+    provenance: Optional[Provenance]
+
+
+class TrackedEnriched(NamedTuple):
+    """An enriched event and the input record (and route) it completes."""
+
+    record: EnrichedEvent
+    provenance: Optional[Provenance]
+
+
+class TrackedDeadLetter(NamedTuple):
+    """A dead letter and the input record it completes (None for one of an aggregate output)."""
+
+    record: DeadLetter
+    provenance: Optional[Provenance]
+
+
+#: Envelopes of per-record outputs: ``record`` is what is written, ``provenance`` what it completes.
+TRACKED_TYPES: tuple[type, ...] = (TrackedEvent, TrackedEnriched, TrackedDeadLetter)
+
+for _record_type in (SourcedEvent, *TRACKED_TYPES):
+    beam.coders.registry.register_coder(_record_type, beam.coders.RowCoder)
+RECORD_TYPES = (*RECORD_TYPES, SourcedEvent, *TRACKED_TYPES)

@@ -3,7 +3,7 @@
 import time
 from typing import Optional
 
-from schemas.records import DeadLetter, KafkaRecord
+from schemas.records import DeadLetter, KafkaRecord, Provenance, TrackedDeadLetter
 
 
 def dead_letter(
@@ -12,15 +12,22 @@ def dead_letter(
     reason: str,
     original: bytes,
     source: Optional[KafkaRecord] = None,
-) -> DeadLetter:
-    return DeadLetter(
+    provenance: Optional[Provenance] = None,
+) -> TrackedDeadLetter:
+    """A dead letter of ``source`` (an input record) or of an output part with ``provenance`` (which names the
+    input record too); neither for a record of an aggregate output."""
+    if source is not None:
+        provenance = Provenance.of(source)
+    origin = source or provenance
+    record = DeadLetter(
         original=original,
         key=source.key if source else None,
-        topic=source.topic if source else None,
-        partition=source.partition if source else None,
-        offset=source.offset if source else None,
+        topic=origin.topic if origin else None,
+        partition=origin.partition if origin else None,
+        offset=origin.offset if origin else None,
         stage=stage,
         error_code=error_code,
         reason=reason,
         error_time=int(time.time() * 1000),
     )
+    return TrackedDeadLetter(record, provenance)

@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.window import TimestampedValue
 
-from schemas.records import ClickEvent, DeadLetter, KafkaRecord, SourcedEvent, from_avro
+from schemas.records import ClickEvent, KafkaRecord, SourcedEvent, TrackedDeadLetter, from_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.dead_letters import dead_letter
 from transforms.outputs import multi_output_hints, typed
@@ -22,7 +22,7 @@ _DEAD = "dead_letters"
 
 class DecodeResult(NamedTuple):
     events: beam.PCollection  # PCollection[SourcedEvent], timestamped with the event time
-    dead_letters: beam.PCollection  # PCollection[DeadLetter]
+    dead_letters: beam.PCollection  # PCollection[TrackedDeadLetter]
 
 
 class _DecodeFn(beam.DoFn):
@@ -57,4 +57,4 @@ class DecodeEvents(beam.PTransform):
         results = records | "DecodeConfluentAvro" >> beam.ParDo(_DecodeFn(self._serde)).with_outputs(
             _DEAD, main="events"
         )
-        return DecodeResult(typed(results.events, SourcedEvent), typed(results[_DEAD], DeadLetter))
+        return DecodeResult(typed(results.events, SourcedEvent), typed(results[_DEAD], TrackedDeadLetter))

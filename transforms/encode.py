@@ -1,7 +1,9 @@
 """Output edge, Python half: typed records -> (key, Confluent Avro value) for KafkaIO or a test sink.
 
 Keys are chosen per output for compaction and ordering: user id for events and sessions, the
-window key for metrics, so a compacted topic keeps the latest pane of each window.
+window key for metrics, so a compacted topic keeps the latest pane of each window. Elements of
+per-record outputs come in an envelope (``TRACKED_TYPES``): its record is encoded, its provenance
+rides on the ``OutputRecord`` to the sink, and on to the offset committer.
 """
 
 import json
@@ -10,7 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import apache_beam as beam
 from apache_beam import pvalue
 
-from schemas.records import DeadLetter, OutputRecord, to_avro
+from schemas.records import TRACKED_TYPES, OutputRecord, TrackedDeadLetter, to_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.dead_letters import dead_letter
 from transforms.outputs import multi_output_hints, typed
@@ -24,7 +26,7 @@ KeyFn = Callable[[Any], Optional[str]]
 
 class EncodeResult(NamedTuple):
     records: beam.PCollection  # PCollection[OutputRecord]
-    dead_letters: beam.PCollection  # PCollection[DeadLetter]
+    dead_letters: beam.PCollection  # PCollection[TrackedDeadLetter]
 
 
 class _EncodeFn(beam.DoFn):
@@ -34,20 +36,24 @@ class _EncodeFn(beam.DoFn):
         self._output = output
 
     def process(self, element: Any):
+        record, provenance = (
+            (element.record, element.provenance) if isinstance(element, TRACKED_TYPES) else (element, None)
+        )
         try:
-            value = self._serde.encode(to_avro(element))
+            value = self._serde.encode(to_avro(record))
         except SerdeError as err:
             counter(STAGE, f"{self._output}_dead_letter").inc()
-            original = json.dumps(to_avro(element), default=repr).encode()
-            yield pvalue.TaggedOutput(_DEAD, dead_letter(STAGE, err.code, f"output {self._output}: {err}", original))
+            original = json.dumps(to_avro(record), default=repr).encode()
+            reason = f"output {self._output}: {err}"
+            yield pvalue.TaggedOutput(_DEAD, dead_letter(STAGE, err.code, reason, original, provenance=provenance))
             return
-        key = self._key_fn(element)
+        key = self._key_fn(record)
         counter(STAGE, f"{self._output}_ok").inc()
-        yield OutputRecord(key.encode() if key is not None else None, value)
+        yield OutputRecord(key.encode() if key is not None else None, value, provenance)
 
 
 class EncodeRecords(beam.PTransform):
-    """Encodes records of one output; returns ``EncodeResult(records, dead_letters)``."""
+    """Encodes records (or tracked envelopes) of one output; returns ``EncodeResult(records, dead_letters)``."""
 
     def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str):
         super().__init__()
@@ -62,4 +68,4 @@ class EncodeRecords(beam.PTransform):
         results = records | "EncodeConfluentAvro" >> beam.ParDo(
             _EncodeFn(self._serde, self._key_fn, self._output)
         ).with_outputs(_DEAD, main="records")
-        return EncodeResult(typed(results.records, OutputRecord), typed(results[_DEAD], DeadLetter))
+        return EncodeResult(typed(results.records, OutputRecord), typed(results[_DEAD], TrackedDeadLetter))

@@ -26,7 +26,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.records import ClickEvent, EnrichedEvent, Product, UserProfile
+from schemas.records import ClickEvent, EnrichedEvent, Product, Provenance, TrackedEnriched, TrackedEvent, UserProfile
 from transforms.stage_metrics import counter, distribution
 
 STAGE = "enrich"
@@ -462,19 +462,19 @@ class _EnrichFn(beam.DoFn):
         self._counters = {name: counter(STAGE, name) for name in LOOKUP_COUNTS}
         self._status_counters = {status: counter(STAGE, f"status_{status}") for status in STATUSES}
         self._latency_ms = distribution(STAGE, "latency_ms")
-        self._pending: deque[tuple[concurrent.futures.Future, Timestamp, Any]] = deque()
+        self._pending: deque[tuple[concurrent.futures.Future, Optional[Provenance], Timestamp, Any]] = deque()
 
     def start_bundle(self) -> None:
         self._pending.clear()
 
     def process(
         self,
-        event: ClickEvent,
+        event: TrackedEvent,
         timestamp: Timestamp = beam.DoFn.TimestampParam,
         window: Any = beam.DoFn.WindowParam,
     ) -> Iterator[WindowedValue]:
-        future = asyncio.run_coroutine_threadsafe(self._enricher.enrich(event), self._loop)
-        self._pending.append((future, timestamp, window))
+        future = asyncio.run_coroutine_threadsafe(self._enricher.enrich(event.record), self._loop)
+        self._pending.append((future, event.provenance, timestamp, window))
         # Emit finished lookups in arrival order; wait for the oldest only when the in-flight bound is reached.
         while self._pending and (len(self._pending) >= self._config.max_in_flight or self._pending[0][0].done()):
             yield self._emit(*self._pending.popleft())
@@ -487,17 +487,19 @@ class _EnrichFn(beam.DoFn):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=5)
 
-    def _emit(self, future: concurrent.futures.Future, timestamp: Timestamp, window: Any) -> WindowedValue:
+    def _emit(
+        self, future: concurrent.futures.Future, provenance: Optional[Provenance], timestamp: Timestamp, window: Any
+    ) -> WindowedValue:
         outcome: _Outcome = future.result()  # never raises: _Enricher.enrich degrades every failure
         for name, value in outcome.counts.items():
             if value:
                 self._counters[name].inc(value)
         self._status_counters[outcome.enriched.enrichment_status].inc()
         self._latency_ms.update(max(0, int(time.time() * 1000) - outcome.started_ms))
-        return WindowedValue(outcome.enriched, timestamp, (window,))
+        return WindowedValue(TrackedEnriched(outcome.enriched, provenance), timestamp, (window,))
 
 
-class EnrichEvents(beam.PTransform[beam.PCollection[ClickEvent], beam.PCollection[EnrichedEvent]]):
+class EnrichEvents(beam.PTransform[beam.PCollection[TrackedEvent], beam.PCollection[TrackedEnriched]]):
     """Join events with ``users`` (by user_id) and ``products`` (by product_id, when set); never fails an event.
 
     Output timestamps and windows are those of the input elements; within a bundle, output order is input order.
@@ -519,7 +521,7 @@ class EnrichEvents(beam.PTransform[beam.PCollection[ClickEvent], beam.PCollectio
         # Fixed at construction and pickled with the DoFn, so every instance in a worker shares one cache.
         self._shared_id = f"{STAGE}-{uuid.uuid4().hex}"
 
-    def expand(self, events: beam.PCollection[ClickEvent]) -> beam.PCollection[EnrichedEvent]:
+    def expand(self, events: beam.PCollection[TrackedEvent]) -> beam.PCollection[TrackedEnriched]:
         return events | "LookupAsync" >> beam.ParDo(
             _EnrichFn(self._config, self._users, self._products, self._shared_id)
-        ).with_output_types(EnrichedEvent)
+        ).with_output_types(TrackedEnriched)

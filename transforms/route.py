@@ -1,7 +1,8 @@
 """Content-based routing: one multi-output ParDo sends each event to every route whose rule matches.
 
 Routes are configuration (name + conditions), so adding an output is a settings change. An event
-may match several routes; one that matches none goes to the default route, so nothing vanishes.
+may match several routes; one that matches none goes to the default route, so nothing vanishes. Each
+copy is one part of its input record's provenance: the offset is committed once every copy is written.
 """
 
 from typing import Optional
@@ -10,7 +11,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.records import EnrichedEvent
+from schemas.records import EnrichedEvent, Provenance, TrackedEnriched
 from transforms.outputs import multi_output_hints, typed
 from transforms.stage_metrics import counter
 
@@ -47,20 +48,16 @@ class _RouteFn(beam.DoFn):
     def setup(self):
         self._counters = {name: counter(STAGE, name) for name in [r.name for r in self._rules] + [self._default]}
 
-    def process(self, enriched: EnrichedEvent):
-        matched = False
-        for rule in self._rules:
-            if rule.matches(enriched):
-                matched = True
-                self._counters[rule.name].inc()
-                yield pvalue.TaggedOutput(rule.name, enriched)
-        if not matched:
-            self._counters[self._default].inc()
-            yield pvalue.TaggedOutput(self._default, enriched)
+    def process(self, tracked: TrackedEnriched):
+        routes = [rule.name for rule in self._rules if rule.matches(tracked.record)] or [self._default]
+        for part, route in enumerate(routes):
+            self._counters[route].inc()
+            copy = TrackedEnriched(tracked.record, Provenance.split(tracked.provenance, part, len(routes)))
+            yield pvalue.TaggedOutput(route, copy)
 
 
 class RouteEvents(beam.PTransform):
-    """Routes enriched events; returns ``{route name: PCollection[EnrichedEvent]}`` incl. the default route."""
+    """Routes enriched events; returns ``{route name: PCollection[TrackedEnriched]}`` incl. the default route."""
 
     def __init__(self, rules: list[RouteRule] | tuple[RouteRule, ...], default_route: str):
         super().__init__()
@@ -76,9 +73,9 @@ class RouteEvents(beam.PTransform):
         return [r.name for r in self._rules] + [self._default]
 
     def default_type_hints(self):
-        return multi_output_hints(EnrichedEvent)
+        return multi_output_hints(TrackedEnriched)
 
-    def expand(self, events: beam.PCollection[EnrichedEvent]) -> dict[str, beam.PCollection]:
+    def expand(self, events: beam.PCollection[TrackedEnriched]) -> dict[str, beam.PCollection]:
         names = self.route_names()
         results = events | "RouteByContent" >> beam.ParDo(_RouteFn(self._rules, self._default)).with_outputs(*names)
-        return {name: typed(results[name], EnrichedEvent) for name in names}
+        return {name: typed(results[name], TrackedEnriched) for name in names}

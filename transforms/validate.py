@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.records import ClickEvent, DeadLetter, SourcedEvent
+from schemas.records import ClickEvent, Provenance, SourcedEvent, TrackedDeadLetter, TrackedEvent
 from transforms.dead_letters import dead_letter
 from transforms.outputs import multi_output_hints, typed
 from transforms.stage_metrics import counter
@@ -60,9 +60,9 @@ class ValidationConfig(BaseModel):
 
 
 class ValidationResult(NamedTuple):
-    valid: beam.PCollection  # PCollection[ClickEvent]
-    dead_letters: beam.PCollection  # PCollection[DeadLetter]
-    filtered: beam.PCollection  # PCollection[ClickEvent]: out of scope on purpose, for auditing counts
+    valid: beam.PCollection  # PCollection[TrackedEvent]
+    dead_letters: beam.PCollection  # PCollection[TrackedDeadLetter]
+    filtered: beam.PCollection  # PCollection[TrackedEvent]: out of scope on purpose, for auditing counts
 
 
 def rejection(event: ClickEvent, config: ValidationConfig, now_ms: int) -> Optional[tuple[str, str]]:
@@ -128,10 +128,10 @@ class _ValidateFn(beam.DoFn):
         if why:
             self._filtered.inc()
             counter(STAGE, f"filtered_{why}").inc()
-            yield pvalue.TaggedOutput(_FILTERED, event)
+            yield pvalue.TaggedOutput(_FILTERED, TrackedEvent(event, Provenance.of(item.source)))
             return
         self._valid.inc()
-        yield event
+        yield TrackedEvent(event, Provenance.of(item.source))
 
 
 class ValidateEvents(beam.PTransform):
@@ -148,5 +148,7 @@ class ValidateEvents(beam.PTransform):
         fn = _ValidateFn(self._config)
         results = events | "ValidateAndFilter" >> beam.ParDo(fn).with_outputs(_DEAD, _FILTERED, main="valid")
         return ValidationResult(
-            typed(results.valid, ClickEvent), typed(results[_DEAD], DeadLetter), typed(results[_FILTERED], ClickEvent)
+            typed(results.valid, TrackedEvent),
+            typed(results[_DEAD], TrackedDeadLetter),
+            typed(results[_FILTERED], TrackedEvent),
         )

@@ -23,7 +23,7 @@ from ingestion.generator import GeneratorConfig, reference_data
 from runners.stack.postgres import Postgres
 from runners.stack.redis import Redis
 from runners.stack.seed import seed_reference_data
-from schemas.records import ClickEvent, EnrichedEvent
+from schemas.records import ClickEvent, EnrichedEvent, TrackedEvent
 from tests.integration.conftest import STORES
 from tests.unit.conftest import make_event, streaming_options
 from transforms.enrich import EnrichEvents, EnrichmentConfig, LookupHandler
@@ -82,7 +82,13 @@ def _run(
     users, products = PostgresUserLookup(stores[0].dsn), RedisProductLookup(stores[1].url)
     started = time.monotonic()
     with TestPipeline(options=streaming_options()) as p:
-        enriched = p | "Events" >> _stream(events) | "Enrich" >> EnrichEvents(config, users, products)
+        enriched = (
+            p
+            | "Events" >> _stream(events)
+            | "Track" >> beam.Map(lambda e: TrackedEvent(e, None))
+            | "Enrich" >> EnrichEvents(config, users, products)
+            | "Untrack" >> beam.Map(lambda t: t.record)
+        )
         assert_that(*((_summary(enriched), _Matches(expected)) if summary else (enriched, equal_to(expected))))
     return time.monotonic() - started
 

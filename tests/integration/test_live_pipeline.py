@@ -17,13 +17,25 @@ from confluent_kafka import Producer
 
 from beam_pipelines.settings import PipelineSettings, load_settings
 from ingestion.generator import GeneratorConfig
-from runners.live import committed_offsets, end_offsets, publish_sample, registry_for, run_live, summarize
+from runners.live import (
+    committed_offsets,
+    end_offsets,
+    publish_sample,
+    read_range,
+    registry_for,
+    run_live,
+    summarize,
+)
 from runners.prism import PrismJobServer
 from runners.profiles import RunnerSettings, pipeline_args
 from runners.stack.kafka import ensure_topics, pipeline_topics
 from runners.stack.process import require_free_port
 from runners.stack.settings import StackSettings
+from schemas.catalog import schema_json
+from schemas.records import to_avro
+from schemas.serde import ConfluentAvroSerde
 from tests.integration.conftest import KAFKA_STACK, STORES
+from tests.unit.conftest import make_event
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -122,10 +134,6 @@ def test_v1_records_are_read_as_v2_with_the_default(live_settings, prism, capsys
         1.0,
     )
     assert summary.reconciliation.ok
-    from runners.live import read_range
-    from schemas.catalog import schema_json
-    from schemas.serde import ConfluentAvroSerde
-
     serde = ConfluentAvroSerde(registry, schema_json("enriched_event"))
     topic = live_settings.topic("enriched")
     referrers = {
@@ -139,11 +147,6 @@ def test_idle_partition_does_not_hold_windows_back(live_settings, prism):
     """(b) partitions 1 and 2 get nothing; following the topic, the windows of partition 0's data still fire."""
     settings = live_settings
     registry = registry_for(settings)
-    from schemas.catalog import schema_json
-    from schemas.records import to_avro
-    from schemas.serde import ConfluentAvroSerde
-    from tests.unit.conftest import make_event
-
     serde = ConfluentAvroSerde(
         registry, schema_json("clickstream_event"), subject=f"{settings.kafka.input_topic}-value"
     )
@@ -183,14 +186,12 @@ def test_idle_partition_does_not_hold_windows_back(live_settings, prism):
     assert "stopping: cancelling the job" in output
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known loss, open: offsets are committed when Prism finalizes the READ bundle, but Prism keeps the "
-    "downstream stages' input in memory, so a SIGKILL loses records already committed and not yet written "
-    "(seen: 4 of 6000 lost). Needs commits driven by sink acknowledgements.",
-)
 def test_killed_runner_restarts_from_committed_offsets_without_loss(live_settings, prism):
-    """(c) Prism SIGKILLed mid-stream (20k records, still reading), started again: it resumes from committed offsets."""
+    """(c) Prism SIGKILLed mid-stream (20k records, still reading), started again: it resumes from committed offsets.
+
+    Offsets are committed once a record's outputs are acknowledged by Kafka, so whatever Prism held in memory
+    when it died is read again: nothing lost, duplicates bounded by the uncommitted tail.
+    """
     settings = live_settings
     registry = registry_for(settings)
     topic = settings.kafka.input_topic

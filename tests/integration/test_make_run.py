@@ -22,7 +22,7 @@ def test_make_run_prints_a_reconciled_live_run():
         line = next(x for x in done.stdout.splitlines() if x.startswith("reconciliation:"))
         assert re.search(r"in \d+ = routed \d+ \+ dead-lettered \d+ \+ filtered \d+ -> OK; lost 0", line), line
         assert "published 600 records" in done.stdout
-        assert re.search(r"^\[ *\d+\.\ds\] consumed \d+ \(lag \d+\)", done.stdout, re.M), "no progress line"
+        assert re.search(r"^\[ *\d+\.\ds\] completely written \d+ \(lag \d+\)", done.stdout, re.M), "no progress line"
     finally:
         if not already_up:
             subprocess.run(["make", "down"], cwd=REPO, capture_output=True, timeout=300)

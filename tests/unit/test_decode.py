@@ -6,6 +6,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.catalog import schema_json
+from schemas.records import Provenance
 from schemas.serde import ConfluentAvroSerde
 from tests.unit.conftest import RAW_TOPIC, batch_options, frame, kafka_record, make_event
 from transforms.decode import DecodeEvents
@@ -56,11 +57,16 @@ def test_each_malformed_input_is_dead_lettered_with_its_reason(registry, raw_wri
 
     with TestPipeline(options=batch_options()) as p:
         result = p | beam.Create(records) | DecodeEvents(reader)
-        dead = result.dead_letters | beam.Map(lambda d: (d.offset, d.error_code, d.original))
+        dead = result.dead_letters | beam.Map(lambda d: (d.record.offset, d.record.error_code, d.record.original))
         assert_that(dead, equal_to(expected), label="dead_letters")
         assert_that(
-            result.dead_letters | beam.Map(lambda d: (d.stage, d.topic, bool(d.reason))),
+            result.dead_letters | beam.Map(lambda d: (d.record.stage, d.record.topic, bool(d.record.reason))),
             equal_to([("decode", RAW_TOPIC, True)] * len(cases)),
+            label="source",
+        )
+        assert_that(
+            result.dead_letters | beam.Map(lambda d: d.provenance),
+            equal_to([Provenance(RAW_TOPIC, 0, i, i, 0, 1) for i in range(len(cases))]),
             label="provenance",
         )
         assert_that(result.events, equal_to([]), label="no_events")

@@ -20,7 +20,7 @@ from apache_beam.transforms.window import FixedWindows, IntervalWindow, Timestam
 from apache_beam.utils.timestamp import Timestamp
 from pydantic import ValidationError
 
-from schemas.records import ClickEvent, EnrichedEvent, Product, UserProfile
+from schemas.records import ClickEvent, EnrichedEvent, Product, Provenance, TrackedEnriched, TrackedEvent, UserProfile
 from tests.unit.conftest import batch_options, make_event, streaming_options
 from transforms.enrich import (
     LOOKUP_COUNTS,
@@ -101,11 +101,23 @@ def _stream(*batches: list[ClickEvent]) -> TestStream:
     return stream.advance_watermark_to_infinity()
 
 
+def _tracked(event: ClickEvent) -> TrackedEvent:
+    """The event as validation hands it on; its offset is its event time, to check the provenance rides along."""
+    return TrackedEvent(event, Provenance("raw", 0, event.event_time, event.event_time, 0, 1))
+
+
+def _untracked(tracked: TrackedEnriched) -> EnrichedEvent:
+    assert tracked.provenance == _tracked(tracked.record.event).provenance, tracked
+    return tracked.record
+
+
 def _enrich(p: beam.Pipeline, events, config=FAST, users=None, products=None, later=()) -> beam.PCollection:
     return (
         p
         | "Events" >> _stream(events, *([list(later)] if later else []))
+        | "Track" >> beam.Map(_tracked)
         | "Enrich" >> EnrichEvents(config, users or _users(), products or _products())
+        | "Untrack" >> beam.Map(_untracked)
     )
 
 
@@ -381,7 +393,7 @@ def test_lookup_counts_become_stage_metrics():
     handler = InMemoryLookupHandler("user", USERS, transient_failures=1)
     events = [_event("e1", "u1", None, 1), _event("e2", "u1", None, 2), _event("e3", "nobody", None, 3)]
     p = TestPipeline(options=batch_options())
-    out = p | beam.Create(events) | EnrichEvents(FAST, handler, _products())
+    out = p | beam.Create(events) | beam.Map(_tracked) | EnrichEvents(FAST, handler, _products()) | beam.Map(_untracked)
     assert_that(out | beam.Map(lambda e: e.enrichment_status), equal_to(["enriched", "enriched", "not_enriched"]))
     result = p.run()
     result.wait_until_finish()

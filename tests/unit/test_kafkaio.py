@@ -17,8 +17,9 @@ from apache_beam.runners.sdf_utils import (
     ThreadsafeRestrictionTracker,
     ThreadsafeWatermarkEstimator,
 )
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 import kafkaio.sink
@@ -34,7 +35,7 @@ from kafkaio.source import (
     _ReadPartitionFn,
     _Watermark,
 )
-from schemas.records import KafkaRecord, OutputRecord
+from schemas.records import KafkaRecord, OutputRecord, Provenance
 
 TOPIC = "t.raw"
 PARTITION = KafkaPartition(TOPIC, 2)
@@ -180,24 +181,12 @@ class FakeConsumer:
         return [TopicPartition(tp.topic, tp.partition, self.time_offset) for tp in tps]
 
 
-class FakeFinalizer:
-    def __init__(self):
-        self.callbacks: list[Any] = []
-
-    def register(self, callback: Any) -> None:
-        self.callbacks.append(callback)
-
-    def finalize(self) -> None:
-        for callback in self.callbacks:
-            callback()
-
-
 CLIENT = ClientConfig({"bootstrap.servers": "localhost:9092"}, {"sasl.password": SECRET_ENV})
 
 
 @pytest.fixture
 def consumers(monkeypatch) -> list[FakeConsumer]:
-    """Every consumer ``_new_consumer`` makes, in order; each resolves the (secret) client configuration."""
+    """Every consumer ``new_consumer`` makes, in order; each resolves the (secret) client configuration."""
     monkeypatch.setenv(SECRET_ENV, SECRET)
     made: list[FakeConsumer] = []
 
@@ -206,7 +195,7 @@ def consumers(monkeypatch) -> list[FakeConsumer]:
         made.append(consumer)
         return consumer
 
-    monkeypatch.setattr(kafkaio.source, "_new_consumer", new_consumer)
+    monkeypatch.setattr(kafkaio.source, "new_consumer", new_consumer)
     return made
 
 
@@ -225,12 +214,10 @@ class Run:
     """One ``process`` call as the SDK harness makes it: tracker and estimator behind their thread-safe views."""
 
     def __init__(self, fn: _ReadPartitionFn, start: int, stop: int, state: Optional[tuple[Timestamp, float]] = None):
-        self.finalizer = FakeFinalizer()
         self.tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(OffsetRange(start, stop)))
         self.estimator = _Watermark(state)
         self.output = fn.process(
             PARTITION,
-            self.finalizer,
             tracker=RestrictionTrackerView(self.tracker),
             watermark=ThreadsafeWatermarkEstimator(self.estimator),
         )
@@ -252,7 +239,7 @@ def offsets(values: list[TimestampedValue]) -> list[int]:
 
 def make_consumer(consumers: list[FakeConsumer], fn: _ReadPartitionFn, **attrs: Any) -> FakeConsumer:
     """Pre-creates the partition's consumer (as a previous bundle at another offset would) and configures it."""
-    consumer = kafkaio.source._new_consumer(CLIENT, "g")
+    consumer = kafkaio.source.new_consumer(CLIENT, "g")
     for name, value in attrs.items():
         setattr(consumer, name, value)
     fn._consumers[PARTITION] = (consumer, -1)  # cached at an offset no restriction starts at: process() seeks
@@ -267,7 +254,7 @@ def test_bounded_range_emits_every_record_with_its_kafka_timestamp_and_completes
 
     assert values == [
         TimestampedValue(
-            KafkaRecord(f"k{n}".encode(), f"v{n}".encode(), TOPIC, 2, n, BASE_MS + 1000 * n),
+            KafkaRecord(f"k{n}".encode(), f"v{n}".encode(), TOPIC, 2, n, BASE_MS + 1000 * n, n),
             Timestamp(micros=(BASE_MS + 1000 * n) * 1000),
         )
         for n in range(5)
@@ -295,25 +282,12 @@ def test_budget_checkpoints_after_max_records_and_resumes_without_a_seek(consume
     assert second.residual() == OffsetRange(6, UNBOUNDED)
 
 
-def test_offsets_are_committed_only_when_the_bundle_is_finalized(consumers):
+def test_the_reader_never_commits_offsets(consumers):
+    """Commits come from CommitOffsets, once the records' outputs are written (see test_commit_*)."""
     fn = read_fn(read_config(max_records_per_bundle=4))
     consumer = make_consumer(consumers, fn, log=[record(n) for n in range(10)])
-    run = Run(fn, 0, UNBOUNDED)
-    assert offsets(run.all()) == [0, 1, 2, 3]
-
-    assert consumer.commits == []
-    assert len(run.finalizer.callbacks) == 1
-    run.finalizer.finalize()
-    assert consumer.commits == [([(TOPIC, 2, 4)], False)]  # last read + 1, synchronously
-
-
-def test_an_empty_slice_registers_a_callback_that_commits_nothing(consumers):
-    fn = read_fn()
-    consumer = make_consumer(consumers, fn, log=[record(n) for n in range(3)])
-    run = Run(fn, 3, UNBOUNDED)
-    assert run.all() == []
-    assert len(run.finalizer.callbacks) == 1  # Prism finalizes every bundle of the stage
-    run.finalizer.finalize()
+    assert offsets(Run(fn, 0, UNBOUNDED).all()) == [0, 1, 2, 3]
+    assert offsets(Run(fn, 4, UNBOUNDED).all()) == [4, 5, 6, 7]
     assert consumer.commits == []
 
 
@@ -325,7 +299,6 @@ def test_a_kafka_error_fails_the_bundle(consumers):
     run = Run(fn, 0, UNBOUNDED)
     with pytest.raises(KafkaException):
         run.all()
-    assert run.finalizer.callbacks == []  # nothing of the failed bundle is ever committed
     assert consumer.commits == []
 
 
@@ -372,20 +345,21 @@ def test_an_unknown_cached_high_watermark_does_not_move_the_watermark(consumers)
 def test_a_bounded_range_whose_last_offsets_hold_no_record_is_completed_at_eof(consumers):
     fn = read_fn()
     # offsets 5 and 6 are transaction markers: the end offset found at start is 7, the last record is 4
-    consumer = make_consumer(consumers, fn, log=[record(n) for n in range(5)], high=5)
+    make_consumer(consumers, fn, log=[record(n) for n in range(5)], high=5)
     run = Run(fn, 0, 7)
     assert offsets(run.all()) == [0, 1, 2, 3, 4]
     run.tracker.check_done()
     assert run.residual() is None
-    run.finalizer.finalize()
-    assert consumer.commits == [([(TOPIC, 2, 5)], False)]
 
 
 def test_a_bounded_range_with_gaps_claims_only_what_it_read(consumers):
     fn = read_fn()
     make_consumer(consumers, fn, log=[record(0), record(2), record(5)])  # a compacted partition
     run = Run(fn, 0, 6)
-    assert offsets(run.all()) == [0, 2, 5]
+    values = run.all()
+    assert offsets(values) == [0, 2, 5]
+    # Each record covers the offsets since the previous one, so committing past it commits the gap too.
+    assert [v.value.covers_from for v in values] == [0, 1, 3]
     run.tracker.check_done()
 
 
@@ -465,7 +439,11 @@ def clients(config: ReadConfig, **attrs: Any) -> _Clients:
     ],
 )
 def test_start_offset(consumers, start, attrs, expected):
-    assert clients(read_config(start=start), **attrs).start_offset(PARTITION) == expected
+    made = clients(read_config(start=start), **attrs)
+    assert made.start_offset(PARTITION) == expected
+    # The group is told where the read starts (the committer counts from there), unless it already says so.
+    recorded = [] if attrs["committed_offset"] == expected else [([(TOPIC, 2, expected)], False)]
+    assert made.consumer.commits == recorded
 
 
 def test_start_offset_by_timestamp(consumers):
@@ -575,7 +553,7 @@ RECORDS = [OutputRecord(f"k{n}".encode(), f"v{n}".encode()) for n in range(3)]
 
 def test_sink_all_acknowledged(producer):
     fn = write(RECORDS)
-    fn.finish_bundle()
+    assert list(fn.finish_bundle()) == []  # no record of an aggregate output has a provenance
     made = producer.instances[0]
     assert made.produced == [("t.out", r.key, r.value) for r in RECORDS]
     assert made.config["acks"] == "all" and made.config["enable.idempotence"] is True
@@ -586,7 +564,7 @@ def test_sink_a_failed_delivery_fails_the_bundle(producer):
     producer.fail_keys = {b"k1"}
     fn = write(RECORDS)
     with pytest.raises(KafkaWriteError) as raised:
-        fn.finish_bundle()
+        list(fn.finish_bundle())
     message = str(raised.value)
     assert "t.out" in message
     assert "1 failed and 0 unacknowledged of 3 records" in message
@@ -597,25 +575,46 @@ def test_sink_unacknowledged_after_flush_fails_the_bundle(producer):
     producer.hold = 2
     fn = write(RECORDS)
     with pytest.raises(KafkaWriteError, match="0 failed and 2 unacknowledged of 3 records to t.out"):
-        fn.finish_bundle()
+        list(fn.finish_bundle())
 
 
 def test_sink_counts_restart_with_each_bundle(producer):
     producer.fail_keys = {b"k0"}
     fn = write(RECORDS[:1])
     with pytest.raises(KafkaWriteError):
-        fn.finish_bundle()
+        list(fn.finish_bundle())
     producer.fail_keys = set()
     fn.start_bundle()
     for item in RECORDS[1:]:
         fn.process(item)
-    fn.finish_bundle()  # the earlier bundle's failure does not fail this one
+    list(fn.finish_bundle())  # the earlier bundle's failure does not fail this one
+
+
+def test_sink_hands_on_the_provenance_of_written_records_only_once_all_are_acknowledged(producer):
+    first, second = Provenance(TOPIC, 2, 7, 9, 0, 2), Provenance(TOPIC, 2, 7, 9, 1, 2)
+    window = GlobalWindow()
+    fn = _WriteFn("t.out", CLIENT, 1.0)
+    fn.setup()
+    fn.start_bundle()
+    fn.process(RECORDS[0]._replace(provenance=first), Timestamp(5), window)
+    fn.process(RECORDS[1], Timestamp(6), window)  # a window metric: nothing to hand on
+    fn.process(RECORDS[2]._replace(provenance=second), Timestamp(7), window)
+    assert list(fn.finish_bundle()) == [
+        WindowedValue(first, Timestamp(5), (window,)),
+        WindowedValue(second, 7, (window,)),
+    ]
+
+    producer.hold = 1  # one record of the next bundle is never acknowledged: nothing is handed on
+    fn.start_bundle()
+    fn.process(RECORDS[0]._replace(provenance=first), Timestamp(8), window)
+    with pytest.raises(KafkaWriteError):
+        list(fn.finish_bundle())
 
 
 def test_sink_a_full_queue_is_waited_out_not_dropped(producer):
     producer.buffer_full = 2
     fn = write(RECORDS[:1])
-    fn.finish_bundle()
+    list(fn.finish_bundle())
     made = producer.instances[0]
     assert made.produced == [("t.out", b"k0", b"v0")]
     assert made.polls[:2] == [0.1, 0.1]

@@ -15,6 +15,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from beam_pipelines.clickstream import Lookups, build_pipeline, output_contract
 from beam_pipelines.settings import load_settings
+from kafkaio import AckLedger
 from runners.reconcile import InputRecord, reconcile
 from schemas.catalog import schema_json
 from schemas.records import KafkaRecord, Product, UserProfile, epoch_millis, to_avro
@@ -165,16 +166,18 @@ def test_whole_pipeline_outputs_and_reconciliation(registry):
     settings = load_settings(overrides=("enrichment.lookup_timeout_seconds=2",))
     lookups = Lookups(InMemoryLookupHandler("user", USERS), InMemoryLookupHandler("product", PRODUCTS))
 
-    def sink(name, topic):
-        def check(actual):
+    def check(name):
+        def matches(actual):
             assert set(actual) == EXPECTED[name], f"{name}: {sorted(actual)} != {sorted(EXPECTED[name])}"
             assert len(actual) == len(EXPECTED[name]), f"{name}: duplicates in {sorted(actual)}"
 
-        class AssertOutput(beam.PTransform):
-            def expand(self, records):
-                return assert_that(records | "Decode" >> beam.Map(_decoded(registry, name)), check)
+        return matches
 
-        return AssertOutput()
+    class Sink(beam.PTransform):
+        """Hands on the provenance of its records, as ``WriteToKafka`` does once they are written."""
+
+        def expand(self, records):
+            return records | "Written" >> beam.FlatMap(lambda r: [r.provenance] if r.provenance else [])
 
     inputs = [InputRecord(0, offset, _event_id(registry, value)) for offset, (_, value) in enumerate(dataset)]
 
@@ -186,9 +189,21 @@ def test_whole_pipeline_outputs_and_reconciliation(registry):
         assert result.ok and not result.duplicates, result.line()
         assert (result.records_in, result.routed, result.dead_lettered, result.filtered) == (13, 10, 2, 1)
 
+    def all_committed(written):
+        ledger = AckLedger(0)
+        for part in written:
+            ledger.acknowledge(part)
+        assert (ledger.position, len(ledger)) == (len(dataset), 0), (ledger.position, sorted(written))
+
     with TestPipeline(options=streaming_options()) as p:
-        outputs = build_pipeline(p, settings, _stream(dataset), sink, registry, lookups)
+        built = build_pipeline(p, settings, _stream(dataset), lambda name, topic: Sink(), registry, lookups)
+        outputs = built.outputs
         assert sorted(outputs) == sorted(EXPECTED)
+        for name, records in outputs.items():
+            decoded = records | f"Decode[{name}]" >> beam.Map(_decoded(registry, name))
+            assert_that(decoded, check(name), label=f"Check[{name}]")
+        # Every input record completely written: the offset committer would commit past the last one.
+        assert_that(built.written, all_committed, label="offsets")
         # Reconciliation from the outputs themselves: every input record routed, dead-lettered or filtered, once.
         fates = [
             outputs[name] | f"Fate[{name}]" >> beam.Map(_fate(registry, name))

@@ -21,8 +21,12 @@ from schemas.records import (
     KafkaRecord,
     OutputRecord,
     Product,
+    Provenance,
     SessionSummary,
     SourcedEvent,
+    TrackedDeadLetter,
+    TrackedEnriched,
+    TrackedEvent,
     UserProfile,
     WindowMetric,
 )
@@ -35,6 +39,10 @@ KAFKA = KafkaRecord(
     partition=3,
     offset=1_234_567,
     timestamp_ms=1_717_236_000_456,
+    covers_from=1_234_565,
+)
+PROVENANCE = Provenance(
+    topic="clickstream.events", partition=3, covers_from=1_234_565, offset=1_234_567, part=1, parts=2
 )
 USER = UserProfile(user_id="u-000042", segment="returning", loyalty_tier="gold", signup_country="DE")
 PRODUCT = Product(product_id="sku-1001", category="shoes", brand="Acme", price_minor=12999, currency="EUR")
@@ -42,7 +50,8 @@ PRODUCT = Product(product_id="sku-1001", category="shoes", brand="Acme", price_m
 #: One realistic instance per type (None in the optional fields where that is the realistic case).
 SAMPLES: dict[str, tuple] = {
     "KafkaRecord": KAFKA,
-    "OutputRecord": OutputRecord(key=b"u-000042", value=b"\x00\x00\x00\x00\x07\x02ab"),
+    "Provenance": PROVENANCE,
+    "OutputRecord": OutputRecord(key=b"u-000042", value=b"\x00\x00\x00\x00\x07\x02ab", provenance=PROVENANCE),
     "ClickEvent": CLICK,
     "UserProfile": USER,
     "Product": PRODUCT,
@@ -78,18 +87,28 @@ SAMPLES: dict[str, tuple] = {
         pane_timing="LATE",
         pane_index=2,
     ),
-    "DeadLetter": DeadLetter(
-        original=b"\x01\xff\xfenot avro",
-        key=None,
-        topic="clickstream.events",
-        partition=0,
-        offset=99,
-        stage="decode",
-        error_code="bad_magic_byte",
-        reason="magic byte is 0x01, expected 0x00",
-        error_time=1_717_236_001_000,
+    "DeadLetter": (
+        DEAD_LETTER := DeadLetter(
+            original=b"\x01\xff\xfenot avro",
+            key=None,
+            topic="clickstream.events",
+            partition=0,
+            offset=99,
+            stage="decode",
+            error_code="bad_magic_byte",
+            reason="magic byte is 0x01, expected 0x00",
+            error_time=1_717_236_001_000,
+        )
     ),
     "SourcedEvent": SourcedEvent(event=CLICK, source=KAFKA),
+    "TrackedDeadLetter": TrackedDeadLetter(record=DEAD_LETTER, provenance=PROVENANCE),
+    "TrackedEvent": TrackedEvent(record=CLICK, provenance=PROVENANCE),
+    "TrackedEnriched": TrackedEnriched(
+        record=EnrichedEvent(
+            event=CLICK, user=USER, product=PRODUCT, enrichment_status="enriched", enrichment_errors=[]
+        ),
+        provenance=None,
+    ),
 }
 
 

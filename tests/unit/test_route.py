@@ -3,7 +3,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.records import EnrichedEvent
+from schemas.records import EnrichedEvent, Provenance, TrackedEnriched
 from tests.unit.conftest import batch_options, make_event
 from transforms.route import RouteEvents, RouteRule
 
@@ -16,7 +16,11 @@ RULES = [
 
 
 def _enriched(event_id, status="enriched", **fields):
-    return EnrichedEvent(make_event(event_id=event_id, **fields), None, None, status, [])
+    offset = sum(map(ord, event_id))  # any distinct offset per event
+    return TrackedEnriched(
+        EnrichedEvent(make_event(event_id=event_id, **fields), None, None, status, []),
+        Provenance("raw", 0, offset, offset, 0, 1),
+    )
 
 
 def test_events_go_to_every_matching_route_and_unmatched_to_default():
@@ -40,8 +44,19 @@ def test_events_go_to_every_matching_route_and_unmatched_to_default():
         assert sorted(routes) == sorted(expected)
         for name, ids in expected.items():
             assert_that(
-                routes[name] | f"Ids[{name}]" >> beam.Map(lambda e: e.event.event_id), equal_to(ids), label=name
+                routes[name] | f"Ids[{name}]" >> beam.Map(lambda e: e.record.event.event_id), equal_to(ids), label=name
             )
+        # Each copy is one part of its record: big-purchase took orders, alerts and enriched (in rule order).
+        parts = (
+            [routes[name] for name in expected]
+            | beam.Flatten()
+            | beam.Map(lambda e: (e.record.event.event_id, e.provenance.part, e.provenance.parts))
+        )
+        assert_that(
+            parts | "BigPurchase" >> beam.Filter(lambda t: t[0] == "big-purchase"),
+            equal_to([("big-purchase", 0, 3), ("big-purchase", 1, 3), ("big-purchase", 2, 3)]),
+            label="parts",
+        )
 
 
 def test_route_configuration_errors_are_clear():

@@ -6,8 +6,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from pydantic import ValidationError
 
-from schemas.records import SourcedEvent
-from tests.unit.conftest import batch_options, kafka_record, make_event
+from schemas.records import Provenance, SourcedEvent
+from tests.unit.conftest import RAW_TOPIC, batch_options, kafka_record, make_event
 from transforms.stage_metrics import NAMESPACE
 from transforms.validate import ValidateEvents, ValidationConfig
 
@@ -43,11 +43,24 @@ def test_rules_reject_filter_and_keep():
     inputs = _sourced(VALID + [e for e, _ in INVALID.values()] + FILTERED)
     with TestPipeline(options=batch_options()) as p:
         result = p | beam.Create(inputs) | ValidateEvents(ValidationConfig())
-        assert_that(result.valid | beam.Map(lambda e: e.event_id), equal_to(["v1", "v2", "v3"]), label="valid")
-        assert_that(result.filtered | beam.Map(lambda e: e.event_id), equal_to(["f1", "f2", "f3"]), label="filtered")
+        offsets = {s.event.event_id: s.source.offset for s in inputs}
+        fate = beam.Map(lambda t: (t.record.event_id, t.provenance))
         assert_that(
-            result.dead_letters | beam.Map(lambda d: (d.original.decode(), d.error_code, d.stage)),
-            equal_to([(e.event_id, code, "validate") for e, code in INVALID.values()]),
+            result.valid | "Valid" >> fate,
+            equal_to([(i, Provenance(RAW_TOPIC, 0, offsets[i], offsets[i], 0, 1)) for i in ("v1", "v2", "v3")]),
+            label="valid",
+        )
+        assert_that(
+            result.filtered | "Filtered" >> fate,
+            equal_to([(i, Provenance(RAW_TOPIC, 0, offsets[i], offsets[i], 0, 1)) for i in ("f1", "f2", "f3")]),
+            label="filtered",
+        )
+        assert_that(
+            result.dead_letters
+            | beam.Map(
+                lambda d: (d.record.original.decode(), d.record.error_code, d.record.stage, d.provenance.offset)
+            ),
+            equal_to([(e.event_id, code, "validate", offsets[e.event_id]) for e, code in INVALID.values()]),
             label="dead_letters",
         )
     counters = {
