@@ -10,10 +10,10 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from schemas.rules import ValidationConfig
 from transforms.enrich import EnrichmentConfig
 from transforms.route import RouteRule
 from transforms.sessions import SessionWindowConfig
-from transforms.validate import ValidationConfig
 from transforms.windowed_metrics import TumblingWindowConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "clickstream.yaml"

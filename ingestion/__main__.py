@@ -30,7 +30,7 @@ from schemas.registry import ConfluentRegistry
 _LOG = logging.getLogger("ingestion")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m ingestion", description=__doc__)
     kafka = parser.add_argument_group("Kafka and registry")
@@ -166,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     client_config = {"bootstrap.servers": args.bootstrap}
     metrics = IngestionMetrics()
     limiter = _limiter(args, metrics, client_config)

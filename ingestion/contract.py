@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.records import ClickEvent, epoch_millis
-from transforms.validate import ValidationConfig, rejection
+from schemas.rules import ValidationConfig, rejection
 
 EventType = Literal["page_view", "product_view", "search", "add_to_cart", "checkout", "purchase"]
 Device = Literal["desktop", "mobile", "tablet", "other"]

@@ -60,14 +60,12 @@ class AimdRateLimiter:
         self._tokens = 0.0
         self._last_refill = clock()
         self._last_adjust = clock()
-        self.last_readings: dict[str, Optional[float]] = {}
         if on_change:
             on_change(self.rate)
 
     def adjust(self) -> float:
         """Read every signal once and move the rate; returns the new rate."""
         readings = {name: signal.read() for name, (signal, _) in self._signals.items()}
-        self.last_readings = readings
         known = {name: value for name, value in readings.items() if value is not None}
         s = self._settings
         with self._lock:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from ingestion.contract import Rejection, normalize
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import Publisher
-from transforms.validate import ValidationConfig
+from schemas.rules import ValidationConfig
 
 
 class Outcome(BaseModel):

@@ -357,10 +357,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                     self._read.inc(position - restriction.start)
                     return
                 _, timestamp_ms = message.timestamp()
-                event_time = Timestamp(micros=timestamp_ms * 1000)
-                record = KafkaRecord(
-                    message.key(), message.value(), element.topic, element.partition, offset, timestamp_ms, position
-                )
+                event_time = Timestamp(micros=timestamp_ms * 1000)  # the Kafka timestamp is the element's
+                record = KafkaRecord(message.key(), message.value(), element.topic, element.partition, offset, position)
                 yield TimestampedValue(record, event_time)
                 watermark.advance(event_time)
                 position = offset + 1

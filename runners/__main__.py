@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, PipelineSettings, SettingsError, load_settings
 from ingestion.generator import GeneratorConfig
@@ -24,29 +24,41 @@ from runners.stack.process import StackError
 from runners.stack.settings import StackSettings
 
 
-def _settings_help(model: type, prefix: str = "") -> list[str]:
-    """One line per settings path with its default and description, for ``--help``."""
+def _help_value(value: object) -> str:
+    """A setting's value as ``--help`` shows it: routes by name, secrets hidden, long values shortened."""
+    if isinstance(value, tuple) and value and all(isinstance(v, BaseModel) and hasattr(v, "name") for v in value):
+        return ", ".join(v.name for v in value)
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, (dict, tuple, list)) and not value:
+        return "none"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _settings_help(model: type, effective: BaseModel, prefix: str = "") -> list[str]:
+    """One line per settings path with its description and effective default (the bundled config's value)."""
     lines = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines += _settings_help(annotation, f"{path}.")
+        value = getattr(effective, name)
+        if isinstance(value, BaseModel) and not hasattr(value, "name"):
+            lines += _settings_help(type(value), value, f"{path}.")
             continue
-        default = "" if info.is_required() else info.get_default(call_default_factory=True)
-        if isinstance(default, (dict, tuple, list)) and (len(str(default)) > 60 or not default):
-            default = "(see beam_pipelines/config/clickstream.yaml)" if default else "none"
-        lines.append(f"  {path:<44} {info.description or ''} [default: {default}]")
+        lines.append(f"  {path:<44} {info.description or ''} [default: {_help_value(value)}]")
     return lines
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runners",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings paths for --set (path=value, value parsed as YAML):\n"
-        + "\n".join(_settings_help(PipelineSettings) + _settings_help(RunnerSettings, "runner.")),
+        + "\n".join(
+            _settings_help(PipelineSettings, load_settings())
+            + _settings_help(RunnerSettings, RunnerSettings(), "runner.")
+        ),
     )
     parser.add_argument("--runner", default="prism", help="direct | prism (default) | flink | dataflow")
     parser.add_argument("--config", type=Path, help=f"settings YAML (default: {DEFAULT_CONFIG})")
@@ -77,7 +89,7 @@ def _runner_settings(name: str, overrides: list[str]) -> RunnerSettings:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     runner_overrides = [o for o in args.overrides if o.startswith("runner.")]
     try:
         settings = load_settings(args.config, tuple(o for o in args.overrides if not o.startswith("runner.")))

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import apache_beam
 
@@ -65,9 +65,7 @@ def ensure_prism(explicit: Optional[Path] = None, version: str = BEAM_VERSION) -
 class PrismJobServer:
     """Prism's job service on ``host:port`` (a stack component: install, start, stop, health)."""
 
-    def __init__(
-        self, stack: StackSettings, pipeline: Any = None, *, name: str = "prism", binary: Optional[Path] = None
-    ):
+    def __init__(self, stack: StackSettings, *, name: str = "prism", binary: Optional[Path] = None):
         self.name = name
         self._host = stack.host
         self._port = stack.prism_port

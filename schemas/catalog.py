@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import fastavro
-
 AVRO_DIR = Path(__file__).parent / "avro"
 
 #: Contract name -> file. ``clickstream_event`` is the version the pipeline reads with.
@@ -51,12 +49,6 @@ def schema_json(name: str) -> dict[str, Any]:
     return _expand(json.loads((AVRO_DIR / filename).read_text()))
 
 
-def schema_str(name: str) -> str:
-    """The canonical JSON text to register in a schema registry."""
-    return json.dumps(schema_json(name), separators=(",", ":"), sort_keys=True)
-
-
-@functools.cache
-def parsed_schema(name: str) -> dict[str, Any]:
-    """The fastavro-parsed schema of a contract, parsed once per process."""
-    return fastavro.parse_schema(schema_json(name))
+def canonical(schema: Any) -> str:
+    """A schema's canonical JSON text (compact, sorted keys): what is registered, so equal schemas get one id."""
+    return json.dumps(schema, separators=(",", ":"), sort_keys=True)

@@ -22,7 +22,6 @@ class KafkaRecord(NamedTuple):
     topic: Optional[str]
     partition: Optional[int]
     offset: Optional[int]
-    timestamp_ms: Optional[int]
     #: The reader's position before this record: lower than ``offset`` when the offsets between hold no
     #: record (compaction, transaction markers). None means ``offset``.
     covers_from: Optional[int] = None

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 import fastavro
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 
+from schemas.catalog import canonical
 from schemas.registry import SchemaNotFoundError, SchemaRegistry
 
 MAGIC_BYTE = 0
@@ -63,7 +64,7 @@ class ConfluentAvroSerde:
 
     def __init__(self, registry: SchemaRegistry, schema: Mapping[str, Any], subject: Optional[str] = None):
         self._registry = registry
-        self._schema_str = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+        self._schema_str = canonical(schema)
         self._reader_schema = fastavro.parse_schema(schema)
         self._subject = subject
         self._writer_schemas: dict[int, Any] = {}

@@ -1,4 +1,8 @@
-"""``python -m runners.stack up|down|status``: the local stack, each component a real process on loopback."""
+"""``python -m runners.stack up|down|status``: the local stack, each component a real process on loopback.
+
+Exit codes: 0 when every component is healthy (or, for ``down``, stopped); 1 when ``up`` failed; 3 when
+``status`` finds a component down.
+"""
 
 import argparse
 import importlib
@@ -8,9 +12,11 @@ from beam_pipelines.settings import PipelineSettings, load_settings
 from runners.stack.process import Component, StackError
 from runners.stack.settings import StackSettings
 
-#: Start order; ``down`` stops in reverse. Each class is built as ``Cls(stack_settings, pipeline_settings)``.
+#: Start order; ``down`` stops in reverse. Kafka is built with the pipeline's settings (its topics), every
+#: other component as ``Cls(stack_settings)``.
+KAFKA = "runners.stack.kafka:Kafka"
 COMPONENTS = (
-    "runners.stack.kafka:Kafka",
+    KAFKA,
     "runners.stack.registry:SchemaRegistry",
     "runners.stack.postgres:Postgres",
     "runners.stack.redis:Redis",
@@ -25,7 +31,8 @@ def components(stack: StackSettings, pipeline: PipelineSettings, with_flink: boo
     built = []
     for spec in (*COMPONENTS, FLINK) if with_flink else COMPONENTS:
         module, cls = spec.split(":")
-        built.append(getattr(importlib.import_module(module), cls)(stack, pipeline))
+        component = getattr(importlib.import_module(module), cls)
+        built.append(component(stack, pipeline) if spec == KAFKA else component(stack))
     return built
 
 
@@ -50,13 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.command == "down":
+        return 0
     unhealthy = 0
-    if args.command != "down":
-        for part in parts:
-            health = part.health()
-            unhealthy += not health.ok
-            print(f"{part.name:<16} {'healthy' if health.ok else 'DOWN':<8}{part.address:<28}{health.detail}")
-    return 1 if unhealthy and args.command == "up" else 0
+    for part in parts:
+        health = part.health()
+        unhealthy += not health.ok
+        print(f"{part.name:<16} {'healthy' if health.ok else 'DOWN':<8}{part.address:<28}{health.detail}")
+    if not unhealthy:
+        return 0
+    # LSB's "program is not running" for status, so scripts can tell; a failed start for up.
+    return 3 if args.command == "status" else 1
 
 
 if __name__ == "__main__":

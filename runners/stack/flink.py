@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from beam_pipelines.settings import PipelineSettings
 from runners.stack.kafka import reap_if_exited
 from runners.stack.process import (
     STACK_DIR,
@@ -180,7 +179,6 @@ class Flink:
     def __init__(
         self,
         stack: StackSettings,
-        pipeline: Optional[PipelineSettings] = None,
         *,
         name: str = "flink",
         rest_port: int = 8081,
@@ -192,7 +190,6 @@ class Flink:
     ) -> None:
         self.name = name
         self._stack = stack
-        self._pipeline = pipeline or PipelineSettings()
         self.rest_port = rest_port
         self.rpc_port = rpc_port
         self.metrics_ports = metrics_ports

@@ -19,7 +19,6 @@ from typing import Optional
 import psycopg
 from psycopg import sql
 
-from beam_pipelines.settings import PipelineSettings
 from ingestion.generator import GeneratorConfig
 from runners.stack.process import (
     Health,
@@ -31,6 +30,7 @@ from runners.stack.process import (
     stack_path,
     wait_until,
 )
+from runners.stack.seed import seed_user_profiles
 from runners.stack.settings import StackSettings
 
 DATABASE = "clickstream"
@@ -67,7 +67,6 @@ class Postgres:
     def __init__(
         self,
         stack: StackSettings,
-        pipeline: Optional[PipelineSettings] = None,
         *,
         name: str = "postgres",
         generator: Optional[GeneratorConfig] = None,
@@ -149,8 +148,6 @@ class Postgres:
             self._proc.start(self._as_owner(argv), cwd=self._home)
         wait_until(self._ready, 60, f"{self.name} on {self.address}", self._proc.log_file)
         self._ensure_schema()
-        from runners.stack.seed import seed_user_profiles  # seed imports this module
-
         seed_user_profiles(self.dsn, self._generator)
 
     def stop(self) -> None:

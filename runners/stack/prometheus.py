@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from beam_pipelines.settings import PipelineSettings
 from runners.stack.process import (
     REPO_ROOT,
     Health,
@@ -65,7 +64,6 @@ class Prometheus:
     def __init__(
         self,
         stack: StackSettings,
-        pipeline: Optional[PipelineSettings] = None,
         *,
         name: str = "prometheus",
         port: int = 9090,

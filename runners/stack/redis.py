@@ -10,7 +10,6 @@ from typing import Optional
 
 import redis
 
-from beam_pipelines.settings import PipelineSettings
 from ingestion.generator import GeneratorConfig
 from runners.stack.process import (
     Health,
@@ -21,6 +20,7 @@ from runners.stack.process import (
     stack_path,
     wait_until,
 )
+from runners.stack.seed import seed_products
 from runners.stack.settings import StackSettings
 
 
@@ -41,7 +41,6 @@ class Redis:
     def __init__(
         self,
         stack: StackSettings,
-        pipeline: Optional[PipelineSettings] = None,
         *,
         name: str = "redis",
         generator: Optional[GeneratorConfig] = None,
@@ -98,8 +97,6 @@ class Redis:
             ]
             self._proc.start(argv, cwd=self._dir)
         wait_until(self._ready, 30, f"{self.name} on {self.address}", self._proc.log_file)
-        from runners.stack.seed import seed_products  # seed imports this module
-
         seed_products(self.url, self._generator)
 
     def stop(self) -> None:

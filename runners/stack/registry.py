@@ -12,7 +12,6 @@ from typing import Optional
 
 import httpx
 
-from beam_pipelines.settings import PipelineSettings
 from runners.stack.kafka import reap_if_exited
 from runners.stack.process import REPO_ROOT, Health, ManagedProcess, StackError, port_open, require_free_port
 from runners.stack.settings import StackSettings
@@ -26,7 +25,6 @@ class SchemaRegistry:
     def __init__(
         self,
         stack: StackSettings,
-        pipeline: Optional[PipelineSettings] = None,
         *,
         name: str = "schema-registry",
         topic: str = "_schemas",

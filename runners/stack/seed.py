@@ -10,9 +10,6 @@ import psycopg
 import redis
 
 from ingestion.generator import GeneratorConfig, reference_data
-from runners.stack.postgres import postgres_dsn
-from runners.stack.redis import redis_url
-from runners.stack.settings import StackSettings
 from schemas.records import Product, UserProfile
 from transforms.lookups import product_key
 
@@ -64,11 +61,3 @@ def seed_products(url: str, generator: GeneratorConfig) -> int:
     """The generator's product catalogue into Redis."""
     _, products = reference_data(generator)
     return upsert_products(url, products)
-
-
-def seed_reference_data(stack: StackSettings, generator_config: GeneratorConfig) -> tuple[int, int]:
-    """Both stores at once (the components also seed their own store on start); returns (profiles, products)."""
-    return (
-        seed_user_profiles(postgres_dsn(stack), generator_config),
-        seed_products(redis_url(stack), generator_config),
-    )

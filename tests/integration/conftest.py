@@ -88,7 +88,7 @@ def kafka_broker() -> Iterator[Kafka]:
 @pytest.fixture(scope="session")
 def schema_registry_service(kafka_broker: Kafka) -> Iterator[SchemaRegistry]:
     """The Confluent-compatible registry on the test broker; stopped (by pid) at session end."""
-    component = SchemaRegistry(KAFKA_STACK, KAFKA_PIPELINE, name="it-schema-registry")
+    component = SchemaRegistry(KAFKA_STACK, name="it-schema-registry")
     try:
         component.install()
         component.start()

@@ -72,7 +72,7 @@ def raw_writer(registry) -> ConfluentAvroSerde:
 
 
 def kafka_record(value: bytes, offset: int = 0, key: bytes | None = b"u00001") -> KafkaRecord:
-    return KafkaRecord(key, value, RAW_TOPIC, 0, offset, int(time.time() * 1000))
+    return KafkaRecord(key, value, RAW_TOPIC, 0, offset)
 
 
 def frame(writer: ConfluentAvroSerde, event: ClickEvent) -> bytes:

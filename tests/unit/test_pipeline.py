@@ -81,7 +81,7 @@ def _stream(dataset):
     for offset, (arrival_s, value) in enumerate(dataset):
         arrival_ms = T0 + arrival_s * 1000
         stream.advance_watermark_to((arrival_ms - 1000) / 1000).advance_processing_time(1)
-        record = KafkaRecord(b"k", value, RAW_TOPIC, 0, offset, arrival_ms)
+        record = KafkaRecord(b"k", value, RAW_TOPIC, 0, offset)
         stream.add_elements([TimestampedValue(record, arrival_ms / 1000)])
     return stream.advance_processing_time(1).advance_watermark_to_infinity().advance_processing_time(2)
 

@@ -38,7 +38,6 @@ KAFKA = KafkaRecord(
     topic="clickstream.events",
     partition=3,
     offset=1_234_567,
-    timestamp_ms=1_717_236_000_456,
     covers_from=1_234_565,
 )
 PROVENANCE = Provenance(

@@ -67,10 +67,10 @@ def _variant(contract: str, edit) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(catalog.CONTRACTS))
 def test_every_contract_parses(name):
-    parsed = catalog.parsed_schema(name)
+    parsed = fastavro.parse_schema(catalog.schema_json(name))
     assert parsed["type"] == "record"
-    assert catalog.parsed_schema(name) is parsed, "contracts are parsed once and cached"
-    text = catalog.schema_str(name)
+    assert catalog.schema_json(name) is catalog.schema_json(name), "contracts are loaded once and cached"
+    text = catalog.canonical(catalog.schema_json(name))
     assert json.loads(text) == catalog.schema_json(name)
     fastavro.parse_schema(json.loads(text), named_schemas={})
 
@@ -90,7 +90,7 @@ def test_enriched_event_schema_is_self_contained():
     with pytest.raises(fastavro.schema.UnknownType):
         fastavro.parse_schema(raw, named_schemas={})  # the file alone only references ClickEvent
 
-    text = catalog.schema_str("enriched_event")
+    text = catalog.canonical(catalog.schema_json("enriched_event"))
     event_type = {f["name"]: f for f in json.loads(text)["fields"]}["event"]["type"]
     assert isinstance(event_type, dict)
     assert (event_type["namespace"], event_type["name"]) == ("clickstream.events", "ClickEvent")
@@ -105,14 +105,20 @@ def test_enriched_event_schema_is_self_contained():
 
 
 def test_v1_bytes_read_with_v2_reader():
-    v1, v2 = catalog.parsed_schema("clickstream_event.v1"), catalog.parsed_schema("clickstream_event.v2")
+    v1, v2 = (
+        fastavro.parse_schema(catalog.schema_json("clickstream_event.v1")),
+        fastavro.parse_schema(catalog.schema_json("clickstream_event.v2")),
+    )
     decoded = _read(_write(v1, _v1_dict(V2_EVENT)), v1, v2)
     assert "referrer" in decoded and decoded["referrer"] is None
     assert from_avro(ClickEvent, decoded) == V1_EVENT
 
 
 def test_v2_bytes_read_with_v1_reader():
-    v1, v2 = catalog.parsed_schema("clickstream_event.v1"), catalog.parsed_schema("clickstream_event.v2")
+    v1, v2 = (
+        fastavro.parse_schema(catalog.schema_json("clickstream_event.v1")),
+        fastavro.parse_schema(catalog.schema_json("clickstream_event.v2")),
+    )
     decoded = _read(_write(v2, to_avro(V2_EVENT)), v2, v1)
     assert "referrer" not in decoded
     assert from_avro(ClickEvent, decoded) == V1_EVENT
@@ -135,7 +141,9 @@ def test_pipeline_reads_a_topic_with_v1_and_v2_writers():
     v2_producer = _producer(registry, catalog.schema_json("clickstream_event.v2"))
     frames = [v1_producer.encode(_v1_dict(V2_EVENT)), v2_producer.encode(to_avro(V2_EVENT))] * 2
     assert v1_producer.schema_id() != v2_producer.schema_id()
-    assert registry.schema_by_id(v1_producer.schema_id()) == catalog.schema_str("clickstream_event.v1")
+    assert registry.schema_by_id(v1_producer.schema_id()) == catalog.canonical(
+        catalog.schema_json("clickstream_event.v1")
+    )
 
     reader = _pipeline_reader(registry)
     assert [from_avro(ClickEvent, reader.decode(f)) for f in frames] == [V1_EVENT, V2_EVENT] * 2

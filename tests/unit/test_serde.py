@@ -198,7 +198,9 @@ def test_header_is_magic_byte_then_big_endian_schema_id():
 def test_encoded_schema_is_the_catalog_text():
     registry = InMemoryRegistry()
     data = _serde(registry, "enriched_event").encode(to_avro(EnrichedEvent(CLICK, USER, PRODUCT, "enriched", [])))
-    assert registry.schema_by_id(struct.unpack(">I", data[1:5])[0]) == catalog.schema_str("enriched_event")
+    assert registry.schema_by_id(struct.unpack(">I", data[1:5])[0]) == catalog.canonical(
+        catalog.schema_json("enriched_event")
+    )
 
 
 # --- caching -----------------------------------------------------------------------------------
@@ -445,10 +447,12 @@ def test_confluent_registry_non_404_is_registry_unavailable(registry_url, framed
 def test_confluent_registry_pickles_before_and_after_use(registry_url):
     registry = ConfluentRegistry(registry_url, basic_auth="user:secret")
     fresh = pickle.loads(pickle.dumps(registry))
-    schema_id = registry.register("clickstream.events-value", catalog.schema_str("clickstream_event"))
-    assert fresh.schema_by_id(schema_id) == catalog.schema_str("clickstream_event")
+    schema_id = registry.register(
+        "clickstream.events-value", catalog.canonical(catalog.schema_json("clickstream_event"))
+    )
+    assert fresh.schema_by_id(schema_id) == catalog.canonical(catalog.schema_json("clickstream_event"))
     used = pickle.loads(pickle.dumps(registry))  # the live HTTP client holds locks and sockets
-    assert used.schema_by_id(schema_id) == catalog.schema_str("clickstream_event")
+    assert used.schema_by_id(schema_id) == catalog.canonical(catalog.schema_json("clickstream_event"))
 
 
 def test_confluent_registry_pickles_without_a_reachable_registry():

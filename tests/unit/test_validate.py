@@ -7,9 +7,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from pydantic import ValidationError
 
 from schemas.records import Provenance, SourcedEvent
+from schemas.rules import ValidationConfig
 from tests.unit.conftest import RAW_TOPIC, batch_options, kafka_record, make_event
 from transforms.stage_metrics import NAMESPACE
-from transforms.validate import ValidateEvents, ValidationConfig
+from transforms.validate import ValidateEvents
 
 NOW_MS = int(time.time() * 1000)
 
