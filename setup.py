@@ -40,6 +40,9 @@ setup(
         "uvicorn==0.54.0",
         "httpx==0.28.1",
         "avro==1.12.2",
+        # enrichment: per-worker TTL cache, retries with backoff (both already required by apache-beam[gcp])
+        "cachetools==6.2.6",
+        "tenacity==9.1.4",
         # real enrichment stores
         "psycopg[binary]==3.3.9",
         "redis==8.1.0",

@@ -18,7 +18,6 @@ windows restart empty after a crash (Flink restores them from its checkpoint).
 import logging
 import threading
 import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -88,15 +87,14 @@ class _CommitFn(beam.DoFn):
 
     LEDGER = ReadModifyWriteStateSpec("ledger", PickleCoder())
 
-    def __init__(self, client: ClientConfig, group_id: str, shared: Shared, shared_tag: str) -> None:
+    def __init__(self, client: ClientConfig, group_id: str, shared: Shared) -> None:
         self._client = client
         self._group_id = group_id
         self._shared = shared
-        self._shared_tag = shared_tag
 
     def setup(self) -> None:
         self._consumer: Consumer = new_consumer(self._client, self._group_id)
-        self._ledgers: _Ledgers = self._shared.acquire(_Ledgers, self._shared_tag)
+        self._ledgers: _Ledgers = self._shared.acquire(_Ledgers)
         self._moved: dict[KafkaPartition, int] = {}
         self._committed = beam.metrics.Metrics.counter("kafkaio", f"offsets_committed[{self._group_id}]")
 
@@ -162,8 +160,8 @@ class CommitOffsets(beam.PTransform[beam.PCollection[Provenance], beam.PCollecti
         super().__init__()
         self._client = client
         self._group_id = group_id
-        # One tag per transform: its DoFn instances in a worker share the ledgers, other jobs' do not.
-        self._shared_tag = f"commit-offsets-{uuid.uuid4().hex}"
+        # One handle per transform, pickled into its DoFn instances: they share the ledgers, other jobs' do not.
+        self._shared = Shared()
 
     def expand(self, acks: beam.PCollection[Provenance]) -> beam.PCollection[None]:
         return (
@@ -172,5 +170,5 @@ class CommitOffsets(beam.PTransform[beam.PCollection[Provenance], beam.PCollecti
             # A str key (a standard coder) so the runner and the SDK agree byte for byte on whose state it is.
             | "ByPartition"
             >> beam.Map(lambda a: (f"{a.partition}:{a.topic}", a)).with_output_types(tuple[str, Provenance])
-            | "Commit" >> beam.ParDo(_CommitFn(self._client, self._group_id, Shared(), self._shared_tag))
+            | "Commit" >> beam.ParDo(_CommitFn(self._client, self._group_id, self._shared))
         )

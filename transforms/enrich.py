@@ -9,6 +9,15 @@ so a slow or broken store costs enrichment quality, never throughput or a stuck 
 Why not Beam's ``AsyncWrapper``: it hands results over through processing-time timers and state, and on
 Prism (Beam 2.76) it lost the last elements when the input ended (196 of 200 came out of a bounded
 test) — a silent loss. Here every lookup of a bundle completes inside that bundle (``_EnrichFn``).
+
+Why not Beam's ``Enrichment`` transform (read in Beam 2.76's source, not yet measured on the live
+pipeline): it works on ``beam.Row``s, makes one blocking handler call at a time per bundle thread (a
+thread pool future waited with a timeout), one handler per transform (two stores mean two chained
+steps), and after its repeater's retries a failing store fails the bundle instead of degrading the event.
+
+Parts taken from libraries: the per-worker cache is ``cachetools.TLRUCache`` (expiry per entry),
+retries are ``tenacity`` with the config's capped exponential backoff, and the cache and in-flight
+lookups are shared by a worker's DoFn instances through ``apache_beam.utils.shared.Shared``.
 """
 
 import asyncio
@@ -16,15 +25,17 @@ import concurrent.futures
 import logging
 import threading
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, NamedTuple, Optional, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Optional, Protocol, TypeVar, runtime_checkable
 
 import apache_beam as beam
+from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
+from cachetools import TLRUCache
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from schemas.records import ClickEvent, EnrichedEvent, Product, Provenance, TrackedEnriched, TrackedEvent, UserProfile
 from transforms.stage_metrics import counter, distribution
@@ -127,68 +138,15 @@ class LookupHandler(Protocol[R_co]):
     async def lookup(self, key: str) -> Optional[R_co]: ...
 
 
-class InMemoryLookupHandler(Generic[R]):
-    """A dict-backed handler with injectable latency and failures, for tests and local runs.
-
-    Deterministic: ``slow_keys`` always take ``slow_latency_seconds``; ``failing_keys`` always raise
-    ``RuntimeError(failure_message)``; every key fails its first ``transient_failures`` attempts. Attempts
-    are counted per key inside each unpickled copy (the worker's instance), not carried over by pickling.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        records: Mapping[str, R],
-        latency_seconds: float = 0.0,
-        slow_keys: frozenset[str] = frozenset(),
-        slow_latency_seconds: float = 5.0,
-        failing_keys: frozenset[str] = frozenset(),
-        transient_failures: int = 0,
-        failure_message: str = "injected failure",
-    ) -> None:
-        if latency_seconds < 0 or slow_latency_seconds < 0 or transient_failures < 0:
-            raise ValueError("latencies and transient_failures must be >= 0")
-        self.name = name
-        self._records = dict(records)
-        self._latency_seconds = latency_seconds
-        self._slow_keys = frozenset(slow_keys)
-        self._slow_latency_seconds = slow_latency_seconds
-        self._failing_keys = frozenset(failing_keys)
-        self._transient_failures = transient_failures
-        self._failure_message = failure_message
-        self._attempts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_attempts"], state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._attempts = {}
-        self._lock = threading.Lock()
-
-    async def lookup(self, key: str) -> Optional[R]:
-        with self._lock:
-            attempt = self._attempts.get(key, 0) + 1
-            self._attempts[key] = attempt
-        latency = self._slow_latency_seconds if key in self._slow_keys else self._latency_seconds
-        if latency:
-            await asyncio.sleep(latency)
-        if key in self._failing_keys or attempt <= self._transient_failures:
-            raise RuntimeError(self._failure_message)
-        return self._records.get(key)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Per-worker cache, shared by every DoFn instance of one EnrichEvents in the process.
 
 _MISS = object()
 
 
-class _TtlCache:
-    """LRU with per-entry expiry; thread-safe (DoFn instances and bundle threads share it)."""
+class LookupCache:
+    """LRU with an expiry per entry (found records live longer than not-found answers); thread-safe, since
+    DoFn instances and bundle threads share it. A ``cachetools.TLRUCache`` behind a lock."""
 
     def __init__(
         self,
@@ -197,38 +155,28 @@ class _TtlCache:
         not_found_ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._max_entries = max_entries
-        self._ttl = ttl_seconds
-        self._not_found_ttl = not_found_ttl_seconds
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._enabled = max_entries > 0
+        ttls = {True: ttl_seconds, False: not_found_ttl_seconds}
+        self._ttls = ttls
+        self._entries = TLRUCache(
+            maxsize=max(1, max_entries), ttu=lambda _key, value, now: now + ttls[value is not None], timer=clock
+        )
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Any:
         """The cached record, None for a cached not-found, or ``_MISS``."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return _MISS
-            expires_at, value = entry
-            if expires_at <= self._clock():
-                del self._entries[key]
-                return _MISS
-            self._entries.move_to_end(key)
-            return value
+            return self._entries.get(key, _MISS)
 
     def put(self, key: str, value: Any) -> None:
-        ttl = self._ttl if value is not None else self._not_found_ttl
-        if self._max_entries == 0 or ttl <= 0:
+        if not self._enabled or self._ttls[value is not None] <= 0:
             return
         with self._lock:
-            self._entries[key] = (self._clock() + ttl, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+            self._entries[key] = value
 
     def __len__(self) -> int:
         with self._lock:
+            self._entries.expire()
             return len(self._entries)
 
 
@@ -242,28 +190,24 @@ class _Resolution(NamedTuple):
 
 
 class _SharedLookups:
-    """The cache plus the lookups in flight for one lookup kind of one EnrichEvents, per process.
+    """The cache plus the lookups in flight for one lookup kind of one EnrichEvents, per worker process
+    (held through ``apache_beam.utils.shared.Shared``: freed once no DoFn instance uses it).
 
     In-flight lookups are coalesced, so a burst of events for one hot user costs one store call.
     """
 
     def __init__(self, config: EnrichmentConfig) -> None:
-        self.cache = _TtlCache(config.cache_max_entries, config.cache_ttl_seconds, config.cache_not_found_ttl_seconds)
+        self.cache = LookupCache(config.cache_max_entries, config.cache_ttl_seconds, config.cache_not_found_ttl_seconds)
         self.in_flight: dict[str, asyncio.Future] = {}
         self.lock = threading.Lock()
 
 
-_SHARED: dict[str, _SharedLookups] = {}
-_SHARED_LOCK = threading.Lock()
+class _WorkerLookups:
+    """Both lookup kinds of one EnrichEvents in a worker process (one ``Shared`` object per transform)."""
 
-
-def _shared_lookups(shared_id: str, config: EnrichmentConfig) -> _SharedLookups:
-    """One ``_SharedLookups`` per id and process; the id is fixed when the pipeline is built."""
-    with _SHARED_LOCK:
-        shared = _SHARED.get(shared_id)
-        if shared is None:
-            shared = _SHARED[shared_id] = _SharedLookups(config)
-        return shared
+    def __init__(self, config: EnrichmentConfig) -> None:
+        self.users = _SharedLookups(config)
+        self.products = _SharedLookups(config)
 
 
 def _truncate(text: str) -> str:
@@ -346,36 +290,41 @@ class _Lookup:
     async def _fetch(self, key: str, counts: dict[str, int]) -> _Resolution:
         config = self._config
         attempts = 0
-        while True:
+
+        async def attempt() -> Any:
+            nonlocal attempts
             attempts += 1
             counts["store_calls"] += 1
-            if attempts > 1:
-                counts["retries"] += 1
-            try:
-                record = await asyncio.wait_for(self._handler.lookup(key), config.lookup_timeout_seconds)
-            except TimeoutError:
-                kind, reason = "timeout", f"timed out after {config.lookup_timeout_seconds:g}s"
-            except Exception as err:  # any store error is retried, then degrades the event
-                kind, reason = "failed", f"failed: {_truncate(repr(err))}"
-            else:
-                if record is None:
-                    return _Resolution(None, "not_found", f"{self._label} {key}: not found", attempts)
-                if not isinstance(record, self._record_type):
-                    # A handler bug, not a transient error: retrying cannot help.
-                    reason = (
-                        f"failed: handler {self._handler.name!r} returned {type(record).__name__}, "
-                        f"expected {self._record_type.__name__}"
-                    )
-                    return _Resolution(
-                        None, "failed", f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts
-                    )
-                return _Resolution(record, "found", None, attempts)
-            if attempts > config.max_retries:
-                return _Resolution(None, kind, f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts)
-            await asyncio.sleep(config.backoff_seconds(attempts))
+            counts["retries"] += attempts > 1
+            return await asyncio.wait_for(self._handler.lookup(key), config.lookup_timeout_seconds)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(config.max_retries + 1),
+            wait=lambda state: config.backoff_seconds(state.attempt_number),
+            retry=retry_if_exception_type(Exception),  # timeouts and any store error; not-found is an answer
+            reraise=True,
+        )
+        try:
+            record = await retrying(attempt)
+        except TimeoutError:
+            reason = f"timed out after {config.lookup_timeout_seconds:g}s"
+            return _Resolution(None, "timeout", f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts)
+        except Exception as err:
+            reason = f"failed: {_truncate(repr(err))}"
+            return _Resolution(None, "failed", f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts)
+        if record is None:
+            return _Resolution(None, "not_found", f"{self._label} {key}: not found", attempts)
+        if not isinstance(record, self._record_type):
+            # A handler bug, not a transient error: retrying cannot help.
+            reason = (
+                f"failed: handler {self._handler.name!r} returned {type(record).__name__}, "
+                f"expected {self._record_type.__name__}"
+            )
+            return _Resolution(None, "failed", f"{self._label} {key}: {reason} ({_attempts(attempts)})", attempts)
+        return _Resolution(record, "found", None, attempts)
 
 
-class _Outcome(NamedTuple):
+class EnrichmentOutcome(NamedTuple):
     """An enriched event with the counts of its lookups, carried out of the event loop to be recorded."""
 
     enriched: EnrichedEvent
@@ -389,20 +338,25 @@ def _status(needed: int, found: int) -> str:
     return STATUS_NOT_ENRICHED if found == 0 else STATUS_PARTIAL
 
 
-class _Enricher:
-    """The per-event join, as a coroutine; built once per DoFn instance on the worker."""
+class Enricher:
+    """The per-event join, as a coroutine; ``EnrichEvents`` builds one per DoFn instance on the worker.
+
+    Enrichers built with the same ``shared`` handle (or unpickled copies of it) in one process share their
+    caches and in-flight lookups.
+    """
 
     def __init__(
         self,
         config: EnrichmentConfig,
         users: LookupHandler[UserProfile],
         products: LookupHandler[Product],
-        shared_id: str,
+        shared: Shared,
     ) -> None:
-        self._users = _Lookup("user", users, UserProfile, config, _shared_lookups(f"{shared_id}/user", config))
-        self._products = _Lookup("product", products, Product, config, _shared_lookups(f"{shared_id}/product", config))
+        worker: _WorkerLookups = shared.acquire(lambda: _WorkerLookups(config))
+        self._users = _Lookup("user", users, UserProfile, config, worker.users)
+        self._products = _Lookup("product", products, Product, config, worker.products)
 
-    async def enrich(self, event: ClickEvent) -> _Outcome:
+    async def enrich(self, event: ClickEvent) -> "EnrichmentOutcome":
         started_ms = int(time.time() * 1000)
         counts = dict.fromkeys(LOOKUP_COUNTS, 0)
         try:
@@ -430,7 +384,7 @@ class _Enricher:
                 enrichment_status=STATUS_NOT_ENRICHED,
                 enrichment_errors=[f"internal error: {_truncate(repr(err))}"],
             )
-        return _Outcome(enriched=enriched, counts=counts, started_ms=started_ms)
+        return EnrichmentOutcome(enriched=enriched, counts=counts, started_ms=started_ms)
 
 
 class _EnrichFn(beam.DoFn):
@@ -447,15 +401,15 @@ class _EnrichFn(beam.DoFn):
         config: EnrichmentConfig,
         users: LookupHandler[UserProfile],
         products: LookupHandler[Product],
-        shared_id: str,
+        shared: Shared,
     ) -> None:
         self._config = config
         self._users = users
         self._products = products
-        self._shared_id = shared_id
+        self._shared = shared
 
     def setup(self) -> None:
-        self._enricher = _Enricher(self._config, self._users, self._products, self._shared_id)
+        self._enricher = Enricher(self._config, self._users, self._products, self._shared)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="enrich-lookups", daemon=True)
         self._loop_thread.start()
@@ -490,7 +444,7 @@ class _EnrichFn(beam.DoFn):
     def _emit(
         self, future: concurrent.futures.Future, provenance: Optional[Provenance], timestamp: Timestamp, window: Any
     ) -> WindowedValue:
-        outcome: _Outcome = future.result()  # never raises: _Enricher.enrich degrades every failure
+        outcome: EnrichmentOutcome = future.result()  # never raises: Enricher.enrich degrades every failure
         for name, value in outcome.counts.items():
             if value:
                 self._counters[name].inc(value)
@@ -518,10 +472,10 @@ class EnrichEvents(beam.PTransform[beam.PCollection[TrackedEvent], beam.PCollect
         self._config = config
         self._users = users
         self._products = products
-        # Fixed at construction and pickled with the DoFn, so every instance in a worker shares one cache.
-        self._shared_id = f"{STAGE}-{uuid.uuid4().hex}"
+        # Made at construction and pickled with the DoFn, so every instance in a worker shares one cache.
+        self._shared = Shared()
 
     def expand(self, events: beam.PCollection[TrackedEvent]) -> beam.PCollection[TrackedEnriched]:
         return events | "LookupAsync" >> beam.ParDo(
-            _EnrichFn(self._config, self._users, self._products, self._shared_id)
+            _EnrichFn(self._config, self._users, self._products, self._shared)
         ).with_output_types(TrackedEnriched)

@@ -1,7 +1,6 @@
 """CommitOffsets: an offset moves past a record only when every part of it and of every record before it is in."""
 
 import random
-import uuid
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -128,7 +127,7 @@ def commit_fn(monkeypatch):
         consumer = FakeConsumer(committed, fail_commits)
         monkeypatch.setattr(kafkaio.commit, "new_consumer", lambda client, group: consumer)
         monkeypatch.setattr(kafkaio.commit.time, "sleep", lambda seconds: None)
-        fn = _CommitFn(CLIENT, "g", Shared(), f"test-{uuid.uuid4().hex}")
+        fn = _CommitFn(CLIENT, "g", Shared())
         fn.setup()
         return fn, consumer
 
@@ -187,7 +186,7 @@ def test_the_transform_keeps_a_ledger_per_partition_in_beam_state(monkeypatch):
 def test_instances_in_one_worker_share_the_ledger_even_if_the_state_forgets(commit_fn):
     """Prism was seen to drop the state of a key's first bundle: the worker's copy carries on."""
     fn, consumer = commit_fn({0: 0})
-    other = _CommitFn(CLIENT, "g", fn._shared, fn._shared_tag)
+    other = _CommitFn(CLIENT, "g", fn._shared)
     other.setup()
     feed(fn, {}, [ack(1)])  # offset 0 still missing
     feed(other, {}, [ack(0)])  # a fresh (empty) state, another instance: the shared ledger still has offset 1

@@ -17,20 +17,21 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import FixedWindows, IntervalWindow, TimestampedValue
+from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import Timestamp
 from pydantic import ValidationError
 
 from schemas.records import ClickEvent, EnrichedEvent, Product, Provenance, TrackedEnriched, TrackedEvent, UserProfile
 from tests.unit.conftest import batch_options, make_event, streaming_options
+from tests.unit.lookup_fakes import InMemoryLookupHandler
 from transforms.enrich import (
     LOOKUP_COUNTS,
+    Enricher,
     EnrichEvents,
     EnrichmentConfig,
-    InMemoryLookupHandler,
+    EnrichmentOutcome,
+    LookupCache,
     LookupHandler,
-    _Enricher,
-    _Outcome,
-    _TtlCache,
 )
 
 T0 = 1_717_236_000_000  # a minute boundary, so FixedWindows(60 s) are predictable
@@ -285,7 +286,7 @@ def test_wrong_record_type_from_handler_degrades():
 # --- the async core, without a pipeline: exact counts, cache and coalescing ----------------------------------
 
 
-def _run_enrich(enricher: _Enricher, *events: ClickEvent) -> list[_Outcome]:
+def _run_enrich(enricher: Enricher, *events: ClickEvent) -> list[EnrichmentOutcome]:
     async def run():
         return [await enricher.enrich(e) for e in events]
 
@@ -294,7 +295,7 @@ def _run_enrich(enricher: _Enricher, *events: ClickEvent) -> list[_Outcome]:
 
 def test_counts_second_lookup_served_from_cache():
     users, products = _users(), _products()
-    enricher = _Enricher(FAST, users, products, uuid.uuid4().hex)
+    enricher = Enricher(FAST, users, products, Shared())
     first, second = _run_enrich(enricher, _event("e1", "u1", "p9", 1), _event("e2", "u1", "p9", 2))
     assert first.counts == {**dict.fromkeys(LOOKUP_COUNTS, 0), "lookups": 2, "store_calls": 2, "not_found": 1}
     assert second.counts == {**dict.fromkeys(LOOKUP_COUNTS, 0), "lookups": 2, "cache_hits": 2, "not_found": 1}
@@ -304,12 +305,14 @@ def test_counts_second_lookup_served_from_cache():
 
 def test_cache_is_shared_per_transform_not_across_transforms():
     users = _users()
-    shared_id = uuid.uuid4().hex
-    _run_enrich(_Enricher(FAST, users, _products(), shared_id), _event("e1", "u1", None, 1))
+    shared = Shared()  # what EnrichEvents pickles into each of its DoFn instances
+    first = Enricher(FAST, users, _products(), shared)  # alive, as a worker's DoFn instance is
+    _run_enrich(first, _event("e1", "u1", None, 1))
+    copy = pickle.loads(pickle.dumps(shared))
     again = _run_enrich(
-        _Enricher(FAST, pickle.loads(pickle.dumps(users)), _products(), shared_id), _event("e2", "u1", None, 2)
+        Enricher(FAST, pickle.loads(pickle.dumps(users)), _products(), copy), _event("e2", "u1", None, 2)
     )
-    other = _run_enrich(_Enricher(FAST, users, _products(), uuid.uuid4().hex), _event("e3", "u1", None, 3))
+    other = _run_enrich(Enricher(FAST, users, _products(), Shared()), _event("e3", "u1", None, 3))
     assert again[0].counts["cache_hits"] == 1
     assert other[0].counts["cache_hits"] == 0
     assert _calls(users, "u1") == 2
@@ -317,7 +320,7 @@ def test_cache_is_shared_per_transform_not_across_transforms():
 
 def test_concurrent_lookups_of_one_key_are_coalesced():
     users = _users(latency_seconds=0.05)
-    enricher = _Enricher(FAST, users, _products(), uuid.uuid4().hex)
+    enricher = Enricher(FAST, users, _products(), Shared())
 
     async def run():
         return await asyncio.gather(*(enricher.enrich(_event(f"e{i}", "u1", None, i)) for i in range(5)))
@@ -330,7 +333,7 @@ def test_concurrent_lookups_of_one_key_are_coalesced():
 
 def test_follower_looks_up_itself_when_the_leader_is_cancelled():
     users = _users(latency_seconds=0.05)
-    enricher = _Enricher(FAST, users, _products(), uuid.uuid4().hex)
+    enricher = Enricher(FAST, users, _products(), Shared())
 
     async def run():
         leader = asyncio.ensure_future(enricher.enrich(_event("e1", "u1", None, 1)))
@@ -348,7 +351,7 @@ def test_follower_looks_up_itself_when_the_leader_is_cancelled():
 def test_failures_are_not_cached():
     config = FAST.model_copy(update={"max_retries": 0})
     users = _users(transient_failures=1)
-    enricher = _Enricher(config, users, _products(), uuid.uuid4().hex)
+    enricher = Enricher(config, users, _products(), Shared())
     first, second = _run_enrich(enricher, _event("e1", "u1", None, 1), _event("e2", "u1", None, 2))
     assert first.enriched.enrichment_errors == ["user u1: failed: RuntimeError('injected failure') (1 attempt)"]
     assert first.counts["failures"] == 1
@@ -357,7 +360,7 @@ def test_failures_are_not_cached():
 
 def test_ttl_cache_expires_not_found_sooner_and_evicts_lru():
     now = [0.0]
-    cache = _TtlCache(max_entries=2, ttl_seconds=10, not_found_ttl_seconds=1, clock=lambda: now[0])
+    cache = LookupCache(max_entries=2, ttl_seconds=10, not_found_ttl_seconds=1, clock=lambda: now[0])
     cache.put("found", "record")
     cache.put("missing", None)
     assert (cache.get("found"), cache.get("missing")) == ("record", None)

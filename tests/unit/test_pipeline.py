@@ -21,7 +21,7 @@ from schemas.catalog import schema_json
 from schemas.records import KafkaRecord, Product, UserProfile, epoch_millis, to_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from tests.unit.conftest import RAW_TOPIC, make_event, streaming_options
-from transforms.enrich import InMemoryLookupHandler
+from tests.unit.lookup_fakes import InMemoryLookupHandler
 
 T0 = (int(time.time()) // 60 - 60) * 60 * 1000  # a minute boundary an hour ago, in ms
 USERS = {u: UserProfile(u, "returning", "gold", "DE") for u in ("u1", "u2")}
