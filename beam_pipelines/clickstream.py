@@ -11,12 +11,14 @@ offsets from those (``kafkaio.commit.CommitOffsets``), so an offset is committed
 is completely written.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_pipelines.settings import PipelineSettings
+from schemas import endpoints
 from schemas.catalog import schema_json
 from schemas.records import EnrichedEvent, Provenance, TrackedDeadLetter
 from schemas.registry import SchemaRegistry
@@ -68,7 +70,7 @@ class Lookups(NamedTuple):
 
 def _output_serde(registry: SchemaRegistry, contract: str, topic: str) -> ConfluentAvroSerde:
     """Registers the output schema at construction time: an incompatible schema fails the submission, not a worker."""
-    serde = ConfluentAvroSerde(registry, schema_json(contract), subject=f"{topic}-value")
+    serde = ConfluentAvroSerde(registry, schema_json(contract), subject=endpoints.value_subject(topic))
     serde.schema_id()
     return serde
 

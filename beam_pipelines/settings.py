@@ -5,11 +5,12 @@ value fails at start-up with the path of the field that is wrong.
 """
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from schemas import endpoints
 from schemas.rules import ValidationConfig
 from transforms.enrich import EnrichmentConfig
 from transforms.route import RouteRule
@@ -33,9 +34,9 @@ class _Frozen(BaseModel):
 
 
 class KafkaSettings(_Frozen):
-    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers (host:port,...).")
-    consumer_group: str = Field("clickstream-pipeline", description="Consumer group of the pipeline's reader.")
-    input_topic: str = Field("clickstream.events.raw", description="Topic with raw Confluent-Avro events.")
+    bootstrap_servers: str = Field(endpoints.KAFKA_BOOTSTRAP, description="Kafka bootstrap servers (host:port,...).")
+    consumer_group: str = Field(endpoints.PIPELINE_GROUP, description="Consumer group of the pipeline's reader.")
+    input_topic: str = Field(endpoints.RAW_TOPIC, description="Topic with raw Confluent-Avro events.")
     output_topics: dict[str, str] = Field(
         default_factory=lambda: {
             "orders": "clickstream.orders",
@@ -51,8 +52,8 @@ class KafkaSettings(_Frozen):
     )
     partitions: int = Field(6, ge=1, description="Partitions of topics the local stack creates.")
     retention_hours: int = Field(168, ge=1, description="Retention of topics the local stack creates.")
-    sasl_username: Optional[str] = Field(None, description="SASL/PLAIN user for secured clusters.")
-    sasl_password: Optional[SecretStr] = Field(None, description="SASL/PLAIN password.")
+    sasl_username: str | None = Field(None, description="SASL/PLAIN user for secured clusters.")
+    sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password.")
     client_properties: dict[str, str] = Field(
         default_factory=dict,
         description="Any further librdkafka properties for every client (e.g. ssl.ca.location), passed through.",
@@ -80,8 +81,8 @@ class KafkaSettings(_Frozen):
 
 
 class RegistrySettings(_Frozen):
-    url: str = Field("http://localhost:8085", description="Confluent-compatible schema registry URL.")
-    basic_auth: Optional[SecretStr] = Field(None, description="user:password for registry basic auth.")
+    url: str = Field(endpoints.REGISTRY_URL, description="Confluent-compatible schema registry URL.")
+    basic_auth: SecretStr | None = Field(None, description="user:password for registry basic auth.")
 
 
 class StoreSettings(_Frozen):
@@ -115,8 +116,12 @@ class PipelineSettings(_Frozen):
             raise ValueError(f"kafka.output_topics has no topic for output(s) {missing}")
         return self
 
+    def route_names(self) -> list[str]:
+        """Every route's output, the default route last."""
+        return [r.name for r in self.routes] + [self.default_route]
+
     def output_names(self) -> list[str]:
-        return [r.name for r in self.routes] + [self.default_route, *FIXED_OUTPUTS]
+        return [*self.route_names(), *FIXED_OUTPUTS]
 
     def topic(self, output: str) -> str:
         return self.kafka.output_topics[output]
@@ -141,7 +146,7 @@ def _format(err: ValidationError) -> str:
     return "invalid pipeline settings:\n" + "\n".join(lines)
 
 
-def load_settings(config_path: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> PipelineSettings:
+def load_settings(config_path: Path | None = None, overrides: tuple[str, ...] = ()) -> PipelineSettings:
     """Settings from ``config_path`` (default: the bundled config) with ``path=value`` overrides (YAML values)."""
     path = Path(config_path) if config_path else DEFAULT_CONFIG
     try:

@@ -15,7 +15,8 @@ import platform
 import random
 import time
 import uuid
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import coder_impl

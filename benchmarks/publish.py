@@ -16,6 +16,7 @@ from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
 from runners.stack.kafka import ensure_topics
 from runners.stack.process import port_open
+from schemas import endpoints
 from schemas.registry import ConfluentRegistry
 
 SETTINGS = [
@@ -31,8 +32,8 @@ SETTINGS = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
-    parser.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8085"))
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", endpoints.KAFKA_BOOTSTRAP))
+    parser.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", endpoints.REGISTRY_URL))
     args = parser.parse_args(argv)
     host, port = args.bootstrap.split(",")[0].rsplit(":", 1)
     if not port_open(host, int(port)):

@@ -12,8 +12,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from prometheus_client import start_http_server
 
@@ -24,6 +25,7 @@ from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
 from ingestion.service import IngestionService
 from ingestion.signals import ConsumerLag, PrometheusLatency
+from schemas import endpoints
 from schemas.records import to_avro
 from schemas.registry import ConfluentRegistry
 
@@ -34,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m ingestion", description=__doc__)
     kafka = parser.add_argument_group("Kafka and registry")
-    kafka.add_argument("--bootstrap", default=env("KAFKA_BOOTSTRAP", "127.0.0.1:9092"), help="[$KAFKA_BOOTSTRAP]")
     kafka.add_argument(
-        "--registry-url", default=env("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8085"), help="[$SCHEMA_REGISTRY_URL]"
+        "--bootstrap", default=env("KAFKA_BOOTSTRAP", endpoints.KAFKA_BOOTSTRAP), help="[$KAFKA_BOOTSTRAP]"
     )
-    kafka.add_argument("--topic", default="clickstream.events.raw", help="topic to publish to")
+    kafka.add_argument(
+        "--registry-url", default=env("SCHEMA_REGISTRY_URL", endpoints.REGISTRY_URL), help="[$SCHEMA_REGISTRY_URL]"
+    )
+    kafka.add_argument("--topic", default=endpoints.RAW_TOPIC, help="topic to publish to")
     tuning = parser.add_argument_group("producer tuning (defaults: see ingestion/publisher.py)")
     defaults = ProducerSettings()
     tuning.add_argument("--linger-ms", type=int, default=defaults.linger_ms)
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="AIMD: slow down when the pipeline lags (and recover when it catches up)",
     )
-    rate.add_argument("--lag-group", default="clickstream-pipeline", help="consumer group whose lag is the signal")
+    rate.add_argument("--lag-group", default=endpoints.PIPELINE_GROUP, help="consumer group whose lag is the signal")
     rate.add_argument(
         "--max-lag", type=int, default=LimiterSettings().max_lag, help="lag (messages) that means 'behind'"
     )
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _limiter(args: argparse.Namespace, metrics: IngestionMetrics, client_config: dict) -> Optional[AimdRateLimiter]:
+def _limiter(args: argparse.Namespace, metrics: IngestionMetrics, client_config: dict) -> AimdRateLimiter | None:
     if args.rate is None and not args.adaptive:
         return None
     ceiling = args.rate or LimiterSettings().max_rate
@@ -135,7 +139,7 @@ def _generated(args: argparse.Namespace) -> Iterator[Any]:
 class _Progress(threading.Thread):
     """One line a second on stderr: sent, acknowledged, failed, rejected, rate, limit, queue."""
 
-    def __init__(self, service: IngestionService, limiter: Optional[AimdRateLimiter]):
+    def __init__(self, service: IngestionService, limiter: AimdRateLimiter | None):
         super().__init__(daemon=True, name="progress")
         self._service, self._limiter = service, limiter
         self.stop = threading.Event()
@@ -162,7 +166,7 @@ def _pump(service: IngestionService, source: Iterable[Any], name: str, stopping:
         service.submit(raw, name, index)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ here so an event is judged by one set of rules wherever it is checked.
 import datetime as dt
 import time
 import uuid
-from typing import Any, Literal, NamedTuple, Optional, Union
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,15 +28,15 @@ class EventIn(BaseModel):
     event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
     event_type: EventType
     user_id: str = Field(min_length=1, max_length=128)
-    session_hint: Optional[str] = None
-    product_id: Optional[str] = None
-    amount_minor: Optional[int] = None
-    currency: Optional[str] = None
-    event_time: Union[int, dt.datetime]
+    session_hint: str | None = None
+    product_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    event_time: int | dt.datetime
     device: Device = "other"
     country: str
-    user_agent: Optional[str] = None
-    referrer: Optional[str] = None
+    user_agent: str | None = None
+    referrer: str | None = None
     properties: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("event_type", "device", mode="before")
@@ -82,9 +82,7 @@ class Rejection(BaseModel):
     reason: str
 
 
-def normalize(
-    raw: Any, rules: Optional[ValidationConfig] = None, now_ms: Optional[int] = None
-) -> Union[ClickEvent, Rejection]:
+def normalize(raw: Any, rules: ValidationConfig | None = None, now_ms: int | None = None) -> ClickEvent | Rejection:
     """A valid, normalised ``ClickEvent``, or why ``raw`` cannot be one."""
     if isinstance(raw, Unparseable):
         return Rejection(code="invalid_json", reason=raw.error)

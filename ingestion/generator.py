@@ -12,14 +12,15 @@ import random
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
+from schemas import endpoints
 from schemas.catalog import schema_json
 from schemas.records import ClickEvent, Product, UserProfile, to_avro
 from schemas.registry import SchemaRegistry
 from schemas.serde import ConfluentAvroSerde
 
-RAW_SUBJECT = "clickstream.events.raw-value"
+RAW_SUBJECT = endpoints.value_subject(endpoints.RAW_TOPIC)
 
 COUNTRIES = {"DE": "EUR", "FR": "EUR", "US": "USD", "GB": "GBP", "PL": "PLN", "SE": "SEK"}
 CATEGORIES = ("electronics", "books", "fashion", "home", "toys", "sports")
@@ -53,10 +54,10 @@ class GeneratedRecord(NamedTuple):
     """One record as a producer would publish it; ``arrival_ms`` is when it reaches Kafka."""
 
     arrival_ms: int
-    key: Optional[bytes]
+    key: bytes | None
     value: bytes
     kind: str
-    event: Optional[ClickEvent]
+    event: ClickEvent | None
 
 
 def _zipf_sampler(rng: random.Random, n: int, exponent: float):
@@ -198,7 +199,7 @@ class GeneratedEvent(NamedTuple):
     schema_v1: bool
 
 
-def events(config: GeneratorConfig, now_ms: Optional[int] = None) -> list[GeneratedEvent]:
+def events(config: GeneratorConfig, now_ms: int | None = None) -> list[GeneratedEvent]:
     """``config.events`` events sorted by arrival time; ``now_ms`` anchors "too far in the future".
 
     ``malformed`` events are well-formed here; ``generate()`` breaks their bytes, a JSON source its shape.
@@ -233,7 +234,7 @@ def events(config: GeneratorConfig, now_ms: Optional[int] = None) -> list[Genera
     return drawn
 
 
-def generate(config: GeneratorConfig, registry: SchemaRegistry, now_ms: Optional[int] = None) -> list[GeneratedRecord]:
+def generate(config: GeneratorConfig, registry: SchemaRegistry, now_ms: int | None = None) -> list[GeneratedRecord]:
     """``events()`` framed as Confluent Avro by v1/v2 producers, malformed ones with broken bytes."""
     rng = random.Random(config.seed + 1)
     writer = _Writer(registry)

@@ -8,7 +8,8 @@ pipeline sustains. The token bucket makes callers wait for permits; nothing is e
 
 import threading
 import time
-from typing import Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,7 +38,7 @@ class LimiterSettings(BaseModel):
 class PressureSignal(Protocol):
     """A downstream health reading; ``None`` when it cannot be read right now (then nothing changes)."""
 
-    def read(self) -> Optional[float]: ...
+    def read(self) -> float | None: ...
 
 
 class AimdRateLimiter:
@@ -48,7 +49,7 @@ class AimdRateLimiter:
         settings: LimiterSettings,
         signals: dict[str, tuple[PressureSignal, float]],
         clock: Callable[[], float] = time.monotonic,
-        on_change: Optional[Callable[[float], None]] = None,
+        on_change: Callable[[float], None] | None = None,
     ):
         """``signals`` maps a name to (signal, threshold): any signal above its threshold means pressure."""
         self._settings = settings

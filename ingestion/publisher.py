@@ -7,13 +7,14 @@ for "acknowledged"; ``flush()`` says how many are still in doubt, which decides 
 
 import threading
 import time
-from typing import Literal, Optional
+from typing import Literal
 
 from confluent_kafka import KafkaError, Producer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.limiter import AimdRateLimiter
 from ingestion.metrics import IngestionMetrics
+from schemas import endpoints
 from schemas.catalog import schema_json
 from schemas.records import ClickEvent, to_avro
 from schemas.registry import SchemaRegistry
@@ -64,13 +65,15 @@ class Publisher:
         registry: SchemaRegistry,
         settings: ProducerSettings,
         metrics: IngestionMetrics,
-        limiter: Optional[AimdRateLimiter] = None,
+        limiter: AimdRateLimiter | None = None,
     ):
         self.topic = topic
         self._settings = settings
         self._metrics = metrics
         self._limiter = limiter
-        self._serde = ConfluentAvroSerde(registry, schema_json("clickstream_event"), subject=f"{topic}-value")
+        self._serde = ConfluentAvroSerde(
+            registry, schema_json("clickstream_event"), subject=endpoints.value_subject(topic)
+        )
         self._serde.schema_id()  # register up front: a registry refusal fails the start, not each event
         self._producer = Producer({**client_config, **settings.librdkafka_config()})
         self._lock = threading.Lock()
@@ -82,7 +85,7 @@ class Publisher:
         self._poller = threading.Thread(target=self._serve_reports, name="delivery-reports", daemon=True)
         self._poller.start()
 
-    def key_for(self, event: ClickEvent) -> Optional[bytes]:
+    def key_for(self, event: ClickEvent) -> bytes | None:
         return event.user_id.encode() if event.event_type in self._settings.keyed_event_types else None
 
     def publish(self, event: ClickEvent) -> None:
@@ -91,7 +94,7 @@ class Publisher:
             self._limiter.acquire()
         self.publish_framed(self.key_for(event), self._serde.encode(to_avro(event)), event.event_time)
 
-    def publish_framed(self, key: Optional[bytes], value: bytes, timestamp_ms: int) -> None:
+    def publish_framed(self, key: bytes | None, value: bytes, timestamp_ms: int) -> None:
         """Queue an already framed record with its Kafka timestamp (replays of recorded traffic, samples)."""
         sent_at = time.monotonic()
         while True:
@@ -111,7 +114,7 @@ class Publisher:
         with self._lock:
             self.sent += 1
 
-    def _on_delivery(self, err: Optional[KafkaError], sent_at: float) -> None:
+    def _on_delivery(self, err: KafkaError | None, sent_at: float) -> None:
         with self._delivered:
             if err is None:
                 self.acked += 1

@@ -3,7 +3,7 @@
 import json
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,9 +20,9 @@ class Outcome(BaseModel):
 
     index: int
     status: str  # "accepted" | "rejected"
-    event_id: Optional[str] = None
-    code: Optional[str] = None
-    reason: Optional[str] = None
+    event_id: str | None = None
+    code: str | None = None
+    reason: str | None = None
 
 
 class IngestionService:
@@ -30,8 +30,8 @@ class IngestionService:
         self,
         publisher: Publisher,
         metrics: IngestionMetrics,
-        rules: Optional[ValidationConfig] = None,
-        rejects_path: Optional[Path] = None,
+        rules: ValidationConfig | None = None,
+        rejects_path: Path | None = None,
     ):
         self.publisher = publisher
         self.metrics = metrics

@@ -1,7 +1,6 @@
 """Pressure signals for the rate limiter, read from the systems downstream of the producer."""
 
 import logging
-from typing import Optional
 
 import httpx
 from confluent_kafka import KafkaException
@@ -21,7 +20,7 @@ class ConsumerLag:
     def __init__(self, client_config: dict[str, str], group: str, topic: str, timeout: float = 5.0):
         self._reader = LagReader(client_config, [group], [topic], timeout)
 
-    def read(self) -> Optional[float]:
+    def read(self) -> float | None:
         try:
             partitions = self._reader.read()
         except (KafkaException, TimeoutError) as err:
@@ -40,7 +39,7 @@ class PrometheusLatency:
         self._query = query
         self._timeout = timeout
 
-    def read(self) -> Optional[float]:
+    def read(self) -> float | None:
         try:
             response = httpx.get(self._url, params={"query": self._query}, timeout=self._timeout)
             response.raise_for_status()

@@ -8,7 +8,8 @@ may write records a second time; consumers dedupe by key / event id. Only then d
 ``Provenance`` of each record written (records of per-record outputs carry one), for ``CommitOffsets``.
 """
 
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.utils.timestamp import Timestamp
@@ -44,7 +45,7 @@ class _WriteFn(beam.DoFn):
         self._sent = 0
         self._written_provenance: list[WindowedValue] = []
 
-    def _on_delivery(self, err: Optional[KafkaError], _msg: Any) -> None:
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is None:
             self._acked += 1
         else:

@@ -25,7 +25,8 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
 import logging
 import sys
 import time
-from typing import Any, Iterator, Literal, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -73,7 +74,7 @@ class ReadConfig(BaseModel):
         description="Where a partition starts: the group's committed offset (earliest when it has none), the "
         "earliest or latest offset, or the first offset at start_timestamp_ms.",
     )
-    start_timestamp_ms: Optional[int] = Field(None, ge=0, description="For start=timestamp: epoch millis.")
+    start_timestamp_ms: int | None = Field(None, ge=0, description="For start=timestamp: epoch millis.")
     stop_at_end: bool = Field(
         False, description="Read up to the end offsets found at start, then finish (a bounded run)."
     )
@@ -124,7 +125,7 @@ class _Clients:
     def __init__(self, client: ClientConfig, config: ReadConfig):
         self._client = client
         self._config = config
-        self._consumer: Optional[Consumer] = None
+        self._consumer: Consumer | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_consumer": None}
@@ -239,7 +240,7 @@ class _Watermark(WatermarkEstimator):
     State: (watermark, wall-clock seconds of the last record or of the restriction's start).
     """
 
-    def __init__(self, state: Optional[tuple[Timestamp, float]]):
+    def __init__(self, state: tuple[Timestamp, float] | None):
         self._watermark, self._last_active = state if state is not None else (MIN_TIMESTAMP, time.time())
 
     def observe_timestamp(self, timestamp: Timestamp) -> None:
@@ -271,7 +272,7 @@ class _WatermarkProvider(WatermarkEstimatorProvider):
     def initial_estimator_state(self, element: KafkaPartition, restriction: OffsetRange) -> None:
         return None
 
-    def create_watermark_estimator(self, state: Optional[tuple[Timestamp, float]]) -> _Watermark:
+    def create_watermark_estimator(self, state: tuple[Timestamp, float] | None) -> _Watermark:
         return _Watermark(state)
 
     def estimator_state_coder(self) -> PickleCoder:

@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -88,7 +87,7 @@ def _runner_settings(name: str, overrides: list[str]) -> RunnerSettings:
         raise SettingsError(f"invalid runner settings: {details}") from None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runner_overrides = [o for o in args.overrides if o.startswith("runner.")]
     try:

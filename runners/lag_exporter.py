@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Optional
 
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry, start_http_server
@@ -29,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ingestion.consumer_lag import LagReader
+from schemas import endpoints
 
 LOG = logging.getLogger("runners.lag_exporter")
 DEFAULT_PORT = 9308  # the port conventionally used by Kafka exporters; monitoring/prometheus/prometheus.yml scrapes it
@@ -86,14 +86,14 @@ def build_registry(reader: LagReader) -> CollectorRegistry:
     return registry
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.lag_exporter", description=__doc__.split("\n")[0])
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument("--bootstrap", default=endpoints.KAFKA_BOOTSTRAP, help="Kafka bootstrap servers")
     parser.add_argument("--group", action="append", required=True, help="consumer group (repeatable)")
     parser.add_argument(
         "--topic", action="append", default=[], help="topic (repeatable; default: every topic the group committed on)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve /metrics on")
+    parser.add_argument("--host", default=endpoints.HOST, help="address to serve /metrics on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve /metrics on")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per Kafka request")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -246,7 +246,7 @@ def summarize(
 ) -> LiveSummary:
     """Read every output written since ``outputs_before`` and reconcile it with the input range."""
     decoded = {name: _decoded(settings, registry, name, start) for name, start in outputs_before.items()}
-    route_names = [r.name for r in settings.routes] + [settings.default_route]
+    route_names = settings.route_names()
     routed = {name: [row["event"]["event_id"] for row in decoded[name]] for name in route_names}
     enrichment = {row["event"]["event_id"]: row["enrichment_status"] for name in route_names for row in decoded[name]}
     dead = decoded["dead_letters"]
@@ -278,9 +278,9 @@ def summarize(
 def run_live(
     settings: PipelineSettings,
     pipeline_args: list[str],
-    generator: Optional[GeneratorConfig],
+    generator: GeneratorConfig | None,
     follow: bool = False,
-    duration_seconds: Optional[float] = None,
+    duration_seconds: float | None = None,
     progress_seconds: float = 3.0,
     say: Callable[[str], None] = print,
 ) -> int:

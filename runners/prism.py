@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 import apache_beam
 
@@ -36,7 +35,7 @@ def prism_binary_path(version: str = BEAM_VERSION) -> Path:
     return STACK_DIR / "prism" / version / "prism"
 
 
-def ensure_prism(explicit: Optional[Path] = None, version: str = BEAM_VERSION) -> Optional[Path]:
+def ensure_prism(explicit: Path | None = None, version: str = BEAM_VERSION) -> Path | None:
     """The Prism binary to use: ``explicit``, else the cached build, else a fresh ``go install``; None without Go."""
     if explicit is not None:
         if not os.access(explicit, os.X_OK):
@@ -65,7 +64,7 @@ def ensure_prism(explicit: Optional[Path] = None, version: str = BEAM_VERSION) -
 class PrismJobServer:
     """Prism's job service on ``host:port`` (a stack component: install, start, stop, health)."""
 
-    def __init__(self, stack: StackSettings, *, name: str = "prism", binary: Optional[Path] = None):
+    def __init__(self, stack: StackSettings, *, name: str = "prism", binary: Path | None = None):
         self.name = name
         self._host = stack.host
         self._port = stack.prism_port
@@ -81,7 +80,7 @@ class PrismJobServer:
         return self.address
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid()
 
     def install(self) -> None:

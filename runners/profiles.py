@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, get_args
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
@@ -20,6 +20,8 @@ from apache_beam.transforms.external import JavaJarExpansionService
 from apache_beam.utils.subprocess_server import JavaHelper, JavaJarServer
 from apache_beam.version import __version__ as BEAM_VERSION
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas import endpoints
 
 RunnerName = Literal["direct", "prism", "flink", "dataflow"]
 RUNNERS: tuple[str, ...] = get_args(RunnerName)
@@ -45,24 +47,26 @@ class RunnerSettings(BaseModel):
 
     runner: RunnerName = Field("prism", description="Beam runner profile: direct, prism, flink or dataflow.")
     streaming: bool = Field(True, description="Run in streaming mode (--streaming).")
-    prism_location: Optional[Path] = Field(
+    prism_location: Path | None = Field(
         None, description="Prism binary; None lets runners.prism.ensure_prism() build or find one."
     )
-    prism_job_endpoint: Optional[str] = Field(
+    prism_job_endpoint: str | None = Field(
         None,
         description="host:port of a running Prism job service (the stack's); None lets PrismRunner start its own.",
     )
     environment_type: Literal["LOOPBACK", "EXTERNAL", "PROCESS"] = Field(
         "LOOPBACK", description="Where Python user code runs on portable runners (never DOCKER: no Docker here)."
     )
-    environment_config: Optional[str] = Field(
+    environment_config: str | None = Field(
         None, description="EXTERNAL: worker pool host:port; PROCESS: Beam's JSON with the boot command."
     )
-    flink_master: str = Field("localhost:8081", description="Flink REST address host:port (or [local]/[auto]).")
+    flink_master: str = Field(
+        f"{endpoints.HOST}:{endpoints.FLINK_REST_PORT}", description="Flink REST address host:port (or [local]/[auto])."
+    )
     flink_version: FlinkVersion = Field(
         "1.20", description="Flink minor version of the cluster; picks Beam's matching job server jar."
     )
-    flink_job_server_jar: Optional[Path] = Field(
+    flink_job_server_jar: Path | None = Field(
         None, description="Beam Flink job server jar; None lets Beam download it from Maven Central."
     )
     parallelism: int = Field(2, ge=1, description="Flink job parallelism.")
@@ -70,13 +74,13 @@ class RunnerSettings(BaseModel):
     kafka_io: Literal["native", "java"] = Field(
         "native", description="Kafka IO on flink/dataflow: native Python, or Beam's cross-language Java KafkaIO."
     )
-    expansion_service_jar: Optional[Path] = Field(
+    expansion_service_jar: Path | None = Field(
         None, description="Java KafkaIO: Beam IO expansion service jar; None lets Beam download it."
     )
-    project: Optional[str] = Field(None, description="Dataflow: Google Cloud project id.")
-    region: Optional[str] = Field(None, description="Dataflow: regional endpoint, e.g. europe-west1.")
-    temp_location: Optional[str] = Field(None, description="Dataflow: gs:// path for temporary files.")
-    job_name: Optional[str] = Field(None, description="Dataflow: job name; None lets Beam generate one.")
+    project: str | None = Field(None, description="Dataflow: Google Cloud project id.")
+    region: str | None = Field(None, description="Dataflow: regional endpoint, e.g. europe-west1.")
+    temp_location: str | None = Field(None, description="Dataflow: gs:// path for temporary files.")
+    job_name: str | None = Field(None, description="Dataflow: job name; None lets Beam generate one.")
 
     @model_validator(mode="after")
     def _environment_config_when_needed(self) -> "RunnerSettings":
@@ -114,7 +118,7 @@ def _environment_args(settings: RunnerSettings) -> list[str]:
     return args
 
 
-def pipeline_args(settings: RunnerSettings, prism_binary: Optional[Path] = None) -> list[str]:
+def pipeline_args(settings: RunnerSettings, prism_binary: Path | None = None) -> list[str]:
     """Beam flags for the profile; the only place runner choice shows up in the pipeline's options."""
     if settings.runner == "direct":
         # The plain DirectRunner may hand the pipeline to Prism, which it downloads from GitHub.
@@ -175,7 +179,7 @@ def java_kafka_expansion_args(settings: RunnerSettings) -> dict[str, Any]:
 # --- probes: each touches the outside world once, so unit tests monkeypatch them -----------------------------
 
 
-def _java_executable() -> Optional[str]:
+def _java_executable() -> str | None:
     """The java Beam will start (``$JAVA_HOME/bin/java`` or ``java`` on PATH), if it exists."""
     return shutil.which(JavaHelper.get_java())
 
@@ -193,7 +197,7 @@ def _file_exists(path: Path) -> bool:
     return path.is_file()
 
 
-def _http_error(url: str, method: str) -> Optional[str]:
+def _http_error(url: str, method: str) -> str | None:
     """None when ``url`` answers 2xx within the probe timeout, else why not."""
     try:
         with urlopen(Request(url, method=method, headers={"User-Agent": _USER_AGENT}), timeout=PROBE_TIMEOUT_S):
@@ -206,7 +210,7 @@ def _http_error(url: str, method: str) -> Optional[str]:
         return str(err) or type(err).__name__
 
 
-def _dataflow_import_error() -> Optional[str]:
+def _dataflow_import_error() -> str | None:
     """Beam's own test for the [gcp] extra: DataflowRunner imports this module before submitting."""
     try:
         importlib.import_module("apache_beam.runners.dataflow.internal.apiclient")
@@ -218,7 +222,7 @@ def _dataflow_import_error() -> Optional[str]:
 # --- checks ----------------------------------------------------------------------------------------------------
 
 
-def _java_major(version_text: str) -> Optional[int]:
+def _java_major(version_text: str) -> int | None:
     match = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
     if not match:
         return None
@@ -226,7 +230,7 @@ def _java_major(version_text: str) -> Optional[int]:
     return int(match.group(2) or 0) if major == 1 else major  # "1.8.0_392" is Java 8
 
 
-def _java_problem(needed_for: str) -> Optional[str]:
+def _java_problem(needed_for: str) -> str | None:
     java = _java_executable()
     if java is None:
         wanted = JavaHelper.get_java()
@@ -247,7 +251,7 @@ def _java_problem(needed_for: str) -> Optional[str]:
     return None
 
 
-def _jar_problem(what: str, configured: Optional[Path], url: str, field: str) -> Optional[str]:
+def _jar_problem(what: str, configured: Path | None, url: str, field: str) -> str | None:
     """A jar Beam needs: the configured path, else Beam's cache, else a download Beam would manage."""
     setting = f"runner.{field}"
     if configured is not None:
@@ -274,7 +278,7 @@ def _jar_problem(what: str, configured: Optional[Path], url: str, field: str) ->
     )
 
 
-def _flink_rest_problem(flink_master: str) -> Optional[str]:
+def _flink_rest_problem(flink_master: str) -> str | None:
     if flink_master in _EMBEDDED_FLINK_MASTERS:
         return None
     base = flink_master if re.match(r"https?://", flink_master) else f"http://{flink_master}"

@@ -9,14 +9,13 @@ duplicate, counted apart; a record with no fate is lost; an output naming no inp
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass(frozen=True)
 class InputRecord:
     partition: int
     offset: int
-    event_id: Optional[str]  # None when the bytes do not decode
+    event_id: str | None  # None when the bytes do not decode
 
     @property
     def record_id(self) -> str:

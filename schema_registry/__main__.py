@@ -7,13 +7,14 @@ import sys
 import uvicorn
 
 from schema_registry.app import create_app
+from schemas import endpoints
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m schema_registry", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8085)
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument("--host", default=endpoints.HOST, help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=endpoints.REGISTRY_PORT)
+    parser.add_argument("--bootstrap", default=endpoints.KAFKA_BOOTSTRAP, help="Kafka bootstrap servers")
     parser.add_argument("--topic", default="_schemas", help="compacted topic holding the registry's state")
     parser.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout for loading and writes (s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

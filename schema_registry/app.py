@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, Optional
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -78,7 +78,7 @@ class Registry:
         self.ready = True
         return count
 
-    async def write(self, records: list[tuple[dict[str, Any], Optional[dict[str, Any]]]]) -> None:
+    async def write(self, records: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         """Append ``records`` durably, then apply them; the caller holds ``write_lock``."""
         try:
             await run_in_threadpool(self.store.append, records)

@@ -7,7 +7,7 @@ answers, so an acknowledged registration survives a crash of the registry.
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -28,7 +28,7 @@ class KafkaLog:
         self.bootstrap = bootstrap
         self.topic = topic
         self.timeout_s = timeout_s
-        self._producer: Optional[Producer] = None
+        self._producer: Producer | None = None
 
     def ensure_topic(self) -> None:
         """Create the topic (1 partition, compacted) unless it exists; fail clearly when it is not compacted."""
@@ -122,7 +122,7 @@ class KafkaLog:
                     raise
                 time.sleep(0.3)
 
-    def append(self, records: list[tuple[dict[str, Any], Optional[dict[str, Any]]]]) -> None:
+    def append(self, records: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         """Produce ``records`` in order and wait until Kafka has them all (acks=all); raise on any failure."""
         if self._producer is None:
             self._producer = Producer(
@@ -137,7 +137,7 @@ class KafkaLog:
             )
         errors: list[str] = []
 
-        def delivered(err: Optional[KafkaError], _msg: Any) -> None:
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
 

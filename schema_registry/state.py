@@ -14,7 +14,7 @@ Record keys (compaction keeps the latest value per key; a null value deletes):
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any
 
 from schema_registry.avro_schemas import DEFAULT_LEVEL
 
@@ -39,7 +39,7 @@ class Version:
         }
 
 
-def encode(obj: Optional[dict[str, Any]]) -> Optional[bytes]:
+def encode(obj: dict[str, Any] | None) -> bytes | None:
     """JSON bytes of a record key or value (None stays None: a tombstone)."""
     return None if obj is None else json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
@@ -48,7 +48,7 @@ def schema_key(subject: str, version: int) -> dict[str, Any]:
     return {"keytype": "SCHEMA", "subject": subject, "version": version, "magic": 1}
 
 
-def config_key(subject: Optional[str]) -> dict[str, Any]:
+def config_key(subject: str | None) -> dict[str, Any]:
     return {"keytype": "CONFIG", "subject": subject, "magic": 0}
 
 
@@ -60,14 +60,14 @@ class RegistryState:
 
     def __init__(self) -> None:
         self.subjects: dict[str, dict[int, Version]] = {}
-        self.config: dict[Optional[str], str] = {}
+        self.config: dict[str | None, str] = {}
         self.max_id = 0
         self._schema_by_id: dict[int, tuple[str, str]] = {}
         self._id_by_schema: dict[tuple[str, str], int] = {}
 
     # -- replay ------------------------------------------------------------------------------------------------
 
-    def apply(self, key: dict[str, Any], value: Optional[dict[str, Any]]) -> None:
+    def apply(self, key: dict[str, Any], value: dict[str, Any] | None) -> None:
         """Apply one log record; unknown key types are ignored (forward compatible log)."""
         keytype = key.get("keytype")
         if keytype == "SCHEMA":
@@ -80,12 +80,12 @@ class RegistryState:
         elif keytype == "ID_BOUND" and value is not None:
             self.max_id = max(self.max_id, int(value["max_id"]))
 
-    def apply_raw(self, key: Optional[bytes], value: Optional[bytes]) -> None:
+    def apply_raw(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
         self.apply(json.loads(key), None if value is None else json.loads(value))
 
-    def _apply_schema(self, subject: str, version: int, value: Optional[dict[str, Any]]) -> None:
+    def _apply_schema(self, subject: str, version: int, value: dict[str, Any] | None) -> None:
         versions = self.subjects.setdefault(subject, {})
         if value is None:
             old = versions.pop(version, None)
@@ -116,11 +116,11 @@ class RegistryState:
 
     # -- queries -----------------------------------------------------------------------------------------------
 
-    def schema_by_id(self, schema_id: int) -> Optional[tuple[str, str]]:
+    def schema_by_id(self, schema_id: int) -> tuple[str, str] | None:
         """``(schemaType, schema)`` of a global id (soft-deleted versions still resolve, as in Confluent)."""
         return self._schema_by_id.get(schema_id)
 
-    def id_for(self, schema_type: str, canonical: str) -> Optional[int]:
+    def id_for(self, schema_type: str, canonical: str) -> int | None:
         return self._id_by_schema.get((schema_type, canonical))
 
     def next_id(self) -> int:
@@ -138,7 +138,7 @@ class RegistryState:
         """Versions keep counting after deletes, like Confluent's."""
         return max(self.subjects.get(subject, {}) or [0]) + 1
 
-    def level(self, subject: Optional[str]) -> str:
+    def level(self, subject: str | None) -> str:
         """The effective compatibility level: the subject's own, else the global one, else BACKWARD."""
         if subject is not None and subject in self.config:
             return self.config[subject]

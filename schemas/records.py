@@ -9,7 +9,8 @@ names; timestamps are ``int`` epoch milliseconds inside the pipeline.
 import datetime as dt
 import functools
 import typing
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 

@@ -5,7 +5,7 @@
 picklable so Beam can ship them to workers: the HTTP client is created lazily on the worker.
 """
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 
 class SchemaNotFoundError(LookupError):
@@ -49,7 +49,7 @@ class InMemoryRegistry:
 class ConfluentRegistry:
     """A Confluent REST registry, via ``confluent_kafka.schema_registry.SchemaRegistryClient``."""
 
-    def __init__(self, url: str, basic_auth: Optional[str] = None) -> None:
+    def __init__(self, url: str, basic_auth: str | None = None) -> None:
         import confluent_kafka.schema_registry  # noqa: F401  fail at launch, not per record, if extras are missing
 
         self._conf = {"url": url}

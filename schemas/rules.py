@@ -6,7 +6,7 @@ ingestion service apply the same ones.
 """
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -51,7 +51,7 @@ class ValidationConfig(BaseModel):
         return value
 
 
-def rejection(event: "ClickEvent", config: ValidationConfig, now_ms: int) -> Optional[tuple[str, str]]:
+def rejection(event: "ClickEvent", config: ValidationConfig, now_ms: int) -> tuple[str, str] | None:
     """The first contract rule ``event`` breaks, as (error_code, reason), or None when it is valid."""
     for name in ("event_id", "user_id"):
         if not getattr(event, name).strip():
@@ -80,7 +80,7 @@ def rejection(event: "ClickEvent", config: ValidationConfig, now_ms: int) -> Opt
     return None
 
 
-def filter_reason(event: "ClickEvent", config: ValidationConfig, bots: re.Pattern) -> Optional[str]:
+def filter_reason(event: "ClickEvent", config: ValidationConfig, bots: re.Pattern) -> str | None:
     """Why a valid event is out of scope (``bot`` / ``test_user``), or None to keep it."""
     if event.user_agent and bots.search(event.user_agent):
         return "bot"

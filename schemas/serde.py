@@ -9,7 +9,8 @@ dead-letter ``error_code``.
 import io
 import json
 import struct
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import fastavro
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
@@ -62,13 +63,13 @@ class ConfluentAvroSerde:
     encoding; it is registered under ``subject`` on the first encode and its id is cached.
     """
 
-    def __init__(self, registry: SchemaRegistry, schema: Mapping[str, Any], subject: Optional[str] = None):
+    def __init__(self, registry: SchemaRegistry, schema: Mapping[str, Any], subject: str | None = None):
         self._registry = registry
         self._schema_str = canonical(schema)
         self._reader_schema = fastavro.parse_schema(schema)
         self._subject = subject
         self._writer_schemas: dict[int, Any] = {}
-        self._own_schema_id: Optional[int] = None
+        self._own_schema_id: int | None = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

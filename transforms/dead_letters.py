@@ -1,7 +1,6 @@
 """Builds dead-letter records: the original bytes, where they came from, the stage and the reason."""
 
 import time
-from typing import Optional
 
 from schemas.records import DeadLetter, KafkaRecord, Provenance, TrackedDeadLetter
 
@@ -11,8 +10,8 @@ def dead_letter(
     error_code: str,
     reason: str,
     original: bytes,
-    source: Optional[KafkaRecord] = None,
-    provenance: Optional[Provenance] = None,
+    source: KafkaRecord | None = None,
+    provenance: Provenance | None = None,
 ) -> TrackedDeadLetter:
     """A dead letter of ``source`` (an input record) or of an output part with ``provenance`` (which names the
     input record too); neither for a record of an aggregate output."""

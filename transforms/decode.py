@@ -13,7 +13,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.records import ClickEvent, KafkaRecord, SourcedEvent, TrackedDeadLetter, from_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.dead_letters import dead_letter
-from transforms.outputs import multi_output_hints, typed
+from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 
 STAGE = "decode"
@@ -43,7 +43,7 @@ class _DecodeFn(beam.DoFn):
         yield TimestampedValue(SourcedEvent(event, record), event.event_time / 1000.0)
 
 
-class DecodeEvents(beam.PTransform):
+class DecodeEvents(beam.PTransform[beam.PCollection[KafkaRecord], DecodeResult]):
     """Decodes Confluent Avro records into events; malformed records go to ``dead_letters``."""
 
     def __init__(self, serde: ConfluentAvroSerde):
@@ -54,7 +54,7 @@ class DecodeEvents(beam.PTransform):
         return multi_output_hints(KafkaRecord)
 
     def expand(self, records: beam.PCollection[KafkaRecord]) -> DecodeResult:
-        results = records | "DecodeConfluentAvro" >> beam.ParDo(_DecodeFn(self._serde)).with_outputs(
-            _DEAD, main="events"
-        )
-        return DecodeResult(typed(results.events, SourcedEvent), typed(results[_DEAD], TrackedDeadLetter))
+        results = records | "DecodeConfluentAvro" >> beam.ParDo(_DecodeFn(self._serde)).with_output_types(
+            SourcedEvent, **{_DEAD: TrackedDeadLetter}
+        ).with_outputs(_DEAD, main="events")
+        return DecodeResult(results.events, results[_DEAD])

@@ -7,7 +7,8 @@ rides on the ``OutputRecord`` to the sink, and on to the offset committer.
 """
 
 import json
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -15,13 +16,13 @@ from apache_beam import pvalue
 from schemas.records import TRACKED_TYPES, OutputRecord, TrackedDeadLetter, to_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.dead_letters import dead_letter
-from transforms.outputs import multi_output_hints, typed
+from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 
 STAGE = "encode"
 _DEAD = "dead_letters"
 
-KeyFn = Callable[[Any], Optional[str]]
+KeyFn = Callable[[Any], str | None]
 
 
 class EncodeResult(NamedTuple):
@@ -52,7 +53,7 @@ class _EncodeFn(beam.DoFn):
         yield OutputRecord(key.encode() if key is not None else None, value, provenance)
 
 
-class EncodeRecords(beam.PTransform):
+class EncodeRecords(beam.PTransform[beam.PCollection[Any], EncodeResult]):
     """Encodes records (or tracked envelopes) of one output; returns ``EncodeResult(records, dead_letters)``."""
 
     def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str):
@@ -67,5 +68,5 @@ class EncodeRecords(beam.PTransform):
     def expand(self, records: beam.PCollection) -> EncodeResult:
         results = records | "EncodeConfluentAvro" >> beam.ParDo(
             _EncodeFn(self._serde, self._key_fn, self._output)
-        ).with_outputs(_DEAD, main="records")
-        return EncodeResult(typed(results.records, OutputRecord), typed(results[_DEAD], TrackedDeadLetter))
+        ).with_output_types(OutputRecord, **{_DEAD: TrackedDeadLetter}).with_outputs(_DEAD, main="records")
+        return EncodeResult(results.records, results[_DEAD])

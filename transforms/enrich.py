@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple, Optional, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import apache_beam as beam
 from apache_beam.utils.shared import Shared
@@ -135,7 +135,7 @@ class LookupHandler(Protocol[R_co]):
 
     name: str
 
-    async def lookup(self, key: str) -> Optional[R_co]: ...
+    async def lookup(self, key: str) -> R_co | None: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class _Resolution(NamedTuple):
 
     record: Any
     kind: str
-    reason: Optional[str]
+    reason: str | None
     attempts: int
 
 
@@ -416,7 +416,7 @@ class _EnrichFn(beam.DoFn):
         self._counters = {name: counter(STAGE, name) for name in LOOKUP_COUNTS}
         self._status_counters = {status: counter(STAGE, f"status_{status}") for status in STATUSES}
         self._latency_ms = distribution(STAGE, "latency_ms")
-        self._pending: deque[tuple[concurrent.futures.Future, Optional[Provenance], Timestamp, Any]] = deque()
+        self._pending: deque[tuple[concurrent.futures.Future, Provenance | None, Timestamp, Any]] = deque()
 
     def start_bundle(self) -> None:
         self._pending.clear()
@@ -442,7 +442,7 @@ class _EnrichFn(beam.DoFn):
         self._loop_thread.join(timeout=5)
 
     def _emit(
-        self, future: concurrent.futures.Future, provenance: Optional[Provenance], timestamp: Timestamp, window: Any
+        self, future: concurrent.futures.Future, provenance: Provenance | None, timestamp: Timestamp, window: Any
     ) -> WindowedValue:
         outcome: EnrichmentOutcome = future.result()  # never raises: Enricher.enrich degrades every failure
         for name, value in outcome.counts.items():

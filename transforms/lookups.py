@@ -10,7 +10,7 @@ caller's timeout), because its state is then unknown.
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
@@ -65,7 +65,7 @@ class PostgresUserLookup:
         self._table = table
         self._max_connections = max_connections
         self._connect_timeout_seconds = connect_timeout_seconds
-        self._connections: Optional[_PgConnections] = None
+        self._connections: _PgConnections | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_connections": None}
@@ -73,7 +73,7 @@ class PostgresUserLookup:
     def __repr__(self) -> str:
         return f"PostgresUserLookup(table={self._table!r})"  # the DSN may hold a password
 
-    async def lookup(self, key: str) -> Optional[UserProfile]:
+    async def lookup(self, key: str) -> UserProfile | None:
         pool = self._pool()
         query = sql.SQL("SELECT user_id, segment, loyalty_tier, signup_country FROM {} WHERE user_id = %s").format(
             sql.Identifier(self._table)
@@ -126,7 +126,7 @@ class RedisProductLookup:
         self._key_prefix = key_prefix
         self._max_connections = max_connections
         self._connect_timeout_seconds = connect_timeout_seconds
-        self._client: Optional[tuple[asyncio.AbstractEventLoop, aioredis.Redis]] = None
+        self._client: tuple[asyncio.AbstractEventLoop, aioredis.Redis] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}
@@ -134,7 +134,7 @@ class RedisProductLookup:
     def __repr__(self) -> str:
         return f"RedisProductLookup(key_prefix={self._key_prefix!r})"  # the URL may hold a password
 
-    async def lookup(self, key: str) -> Optional[Product]:
+    async def lookup(self, key: str) -> Product | None:
         try:
             fields = await self._redis().hgetall(product_key(key, self._key_prefix))
         except aioredis.RedisError as err:

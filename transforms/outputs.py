@@ -1,13 +1,6 @@
-"""Helpers for composites with several outputs: typed tagged outputs and honest type hints."""
+"""Type hints for composites with several outputs."""
 
-import apache_beam as beam
 from apache_beam.typehints.decorators import IOTypeHints
-
-
-def typed(pcoll: beam.PCollection, element_type: type) -> beam.PCollection:
-    """Declare the element type of a tagged output (``with_outputs`` leaves them as ``Any``)."""
-    pcoll.element_type = element_type
-    return pcoll
 
 
 def multi_output_hints(input_type: type) -> IOTypeHints:

@@ -5,14 +5,12 @@ may match several routes; one that matches none goes to the default route, so no
 copy is one part of its input record's provenance: the offset is committed once every copy is written.
 """
 
-from typing import Optional
-
 import apache_beam as beam
 from apache_beam import pvalue
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import EnrichedEvent, Provenance, TrackedEnriched
-from transforms.outputs import multi_output_hints, typed
+from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 
 STAGE = "route"
@@ -24,10 +22,10 @@ class RouteRule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Route (and output) name.")
-    event_types: Optional[frozenset[str]] = Field(None, description="Match only these event types.")
-    min_amount_minor: Optional[int] = Field(None, ge=0, description="Match events with amount_minor >= this.")
-    countries: Optional[frozenset[str]] = Field(None, description="Match only these countries.")
-    enrichment_statuses: Optional[frozenset[str]] = Field(None, description="Match only these enrichment statuses.")
+    event_types: frozenset[str] | None = Field(None, description="Match only these event types.")
+    min_amount_minor: int | None = Field(None, ge=0, description="Match events with amount_minor >= this.")
+    countries: frozenset[str] | None = Field(None, description="Match only these countries.")
+    enrichment_statuses: frozenset[str] | None = Field(None, description="Match only these enrichment statuses.")
 
     def matches(self, enriched: EnrichedEvent) -> bool:
         event = enriched.event
@@ -41,12 +39,13 @@ class RouteRule(BaseModel):
 
 
 class _RouteFn(beam.DoFn):
-    def __init__(self, rules: tuple[RouteRule, ...], default_route: str):
+    def __init__(self, rules: tuple[RouteRule, ...], default_route: str, route_names: list[str]):
         self._rules = rules
         self._default = default_route
+        self._route_names = route_names
 
     def setup(self):
-        self._counters = {name: counter(STAGE, name) for name in [r.name for r in self._rules] + [self._default]}
+        self._counters = {name: counter(STAGE, name) for name in self._route_names}
 
     def process(self, tracked: TrackedEnriched):
         routes = [rule.name for rule in self._rules if rule.matches(tracked.record)] or [self._default]
@@ -56,7 +55,7 @@ class _RouteFn(beam.DoFn):
             yield pvalue.TaggedOutput(route, copy)
 
 
-class RouteEvents(beam.PTransform):
+class RouteEvents(beam.PTransform[beam.PCollection[TrackedEnriched], dict[str, beam.PCollection[TrackedEnriched]]]):
     """Routes enriched events; returns ``{route name: PCollection[TrackedEnriched]}`` incl. the default route."""
 
     def __init__(self, rules: list[RouteRule] | tuple[RouteRule, ...], default_route: str):
@@ -70,6 +69,7 @@ class RouteEvents(beam.PTransform):
         self._default = default_route
 
     def route_names(self) -> list[str]:
+        """Every route's output, the default route last."""
         return [r.name for r in self._rules] + [self._default]
 
     def default_type_hints(self):
@@ -77,5 +77,7 @@ class RouteEvents(beam.PTransform):
 
     def expand(self, events: beam.PCollection[TrackedEnriched]) -> dict[str, beam.PCollection]:
         names = self.route_names()
-        results = events | "RouteByContent" >> beam.ParDo(_RouteFn(self._rules, self._default)).with_outputs(*names)
-        return {name: typed(results[name], TrackedEnriched) for name in names}
+        results = events | "RouteByContent" >> beam.ParDo(
+            _RouteFn(self._rules, self._default, names)
+        ).with_output_types(TrackedEnriched, **dict.fromkeys(names, TrackedEnriched)).with_outputs(*names)
+        return {name: results[name] for name in names}

@@ -10,7 +10,8 @@ than the allowed lateness are dropped by the GroupByKey, as Beam does (the run s
 many from the outputs).
 """
 
-from typing import Dict, Iterator, NamedTuple, Optional, Set, Tuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms.core import Windowing
@@ -27,7 +28,7 @@ PURCHASE = "purchase"
 
 # What a session needs of an event, projected before the shuffle: (event_time, product_id, event_type,
 # currency, amount_minor).
-_Fact = Tuple[int, Optional[str], str, Optional[str], Optional[int]]
+_Fact = tuple[int, str | None, str, str | None, int | None]
 
 
 class SessionWindowConfig(BaseModel):
@@ -45,7 +46,7 @@ class SessionWindowConfig(BaseModel):
         description="How long after a session's end + gap late events still refine or merge it (one LATE pane "
         "each); the session's state is kept that long. Later events are dropped and counted.",
     )
-    early_firing_seconds: Optional[int] = Field(
+    early_firing_seconds: int | None = Field(
         None,
         ge=1,
         description="Processing-time delay after a pane's first element before a speculative EARLY pane; "
@@ -59,10 +60,10 @@ class _Summary(NamedTuple):
     event_count: int
     distinct_products: int
     purchase_count: int
-    purchase_totals: Dict[str, int]
+    purchase_totals: dict[str, int]
 
 
-def _fact(enriched: EnrichedEvent) -> Tuple[str, _Fact]:
+def _fact(enriched: EnrichedEvent) -> tuple[str, _Fact]:
     event = enriched.event
     return event.user_id, (event.event_time, event.product_id, event.event_type, event.currency, event.amount_minor)
 
@@ -73,12 +74,12 @@ class _SessionAccumulator:
     __slots__ = ("start", "end", "event_count", "products", "purchase_count", "purchase_totals")
 
     def __init__(self) -> None:
-        self.start: Optional[int] = None
-        self.end: Optional[int] = None
+        self.start: int | None = None
+        self.end: int | None = None
         self.event_count = 0
-        self.products: Set[str] = set()
+        self.products: set[str] = set()
         self.purchase_count = 0
-        self.purchase_totals: Dict[str, int] = {}
+        self.purchase_totals: dict[str, int] = {}
 
 
 class _SessionStatsFn(beam.CombineFn):
@@ -129,7 +130,7 @@ class _ToSessionSummary(beam.DoFn):
         }
 
     def process(
-        self, element: Tuple[str, _Summary], pane: PaneInfo = beam.DoFn.PaneInfoParam
+        self, element: tuple[str, _Summary], pane: PaneInfo = beam.DoFn.PaneInfoParam
     ) -> Iterator[SessionSummary]:
         user_id, summary = element
         self._panes[pane.timing].inc()
@@ -157,14 +158,14 @@ def _windowing(config: SessionWindowConfig) -> Windowing:
 class UserSessions(beam.PTransform[beam.PCollection[EnrichedEvent], beam.PCollection[SessionSummary]]):
     """Session summaries of timestamped enriched events per user."""
 
-    def __init__(self, config: Optional[SessionWindowConfig] = None):
+    def __init__(self, config: SessionWindowConfig | None = None):
         super().__init__()
         self._config = config or SessionWindowConfig()
 
     def expand(self, events: beam.PCollection[EnrichedEvent]) -> beam.PCollection[SessionSummary]:
         return (
             events
-            | "KeyByUser" >> beam.Map(_fact).with_output_types(Tuple[str, _Fact])
+            | "KeyByUser" >> beam.Map(_fact).with_output_types(tuple[str, _Fact])
             | "Window" >> window_into(_windowing(self._config))
             | "Summarize" >> beam.CombinePerKey(_SessionStatsFn())
             | "ToSessionSummary" >> beam.ParDo(_ToSessionSummary()).with_output_types(SessionSummary)

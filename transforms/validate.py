@@ -15,7 +15,7 @@ from apache_beam import pvalue
 from schemas.records import Provenance, SourcedEvent, TrackedDeadLetter, TrackedEvent
 from schemas.rules import ValidationConfig, filter_reason, rejection
 from transforms.dead_letters import dead_letter
-from transforms.outputs import multi_output_hints, typed
+from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 
 STAGE = "validate"
@@ -60,7 +60,7 @@ class _ValidateFn(beam.DoFn):
         yield TrackedEvent(event, Provenance.of(item.source))
 
 
-class ValidateEvents(beam.PTransform):
+class ValidateEvents(beam.PTransform[beam.PCollection[SourcedEvent], ValidationResult]):
     """Applies contract rules and business filters; returns ``ValidationResult(valid, dead_letters)``."""
 
     def __init__(self, config: ValidationConfig):
@@ -72,9 +72,7 @@ class ValidateEvents(beam.PTransform):
 
     def expand(self, events: beam.PCollection[SourcedEvent]) -> ValidationResult:
         fn = _ValidateFn(self._config)
-        results = events | "ValidateAndFilter" >> beam.ParDo(fn).with_outputs(_DEAD, _FILTERED, main="valid")
-        return ValidationResult(
-            typed(results.valid, TrackedEvent),
-            typed(results[_DEAD], TrackedDeadLetter),
-            typed(results[_FILTERED], TrackedEvent),
-        )
+        results = events | "ValidateAndFilter" >> beam.ParDo(fn).with_output_types(
+            TrackedEvent, **{_DEAD: TrackedDeadLetter, _FILTERED: TrackedEvent}
+        ).with_outputs(_DEAD, _FILTERED, main="valid")
+        return ValidationResult(results.valid, results[_DEAD], results[_FILTERED])

@@ -13,7 +13,8 @@ within one currency.
 """
 
 import math
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms.core import Windowing
@@ -29,7 +30,7 @@ STAGE = "windowed_metrics"
 UNKNOWN_CATEGORY = "unknown"
 NO_CURRENCY = ""
 
-_Dimensions = Tuple[str, str, str]  # (event_type, category, currency)
+_Dimensions = tuple[str, str, str]  # (event_type, category, currency)
 
 
 class TumblingWindowConfig(BaseModel):
@@ -45,7 +46,7 @@ class TumblingWindowConfig(BaseModel):
         description="How long after the window end late events still refine it (one LATE pane each); "
         "the window's state is kept that long. Later events are dropped and counted.",
     )
-    early_firing_seconds: Optional[int] = Field(
+    early_firing_seconds: int | None = Field(
         None,
         ge=1,
         description="Processing-time delay after a pane's first element before a speculative EARLY pane; "
@@ -55,16 +56,16 @@ class TumblingWindowConfig(BaseModel):
 
 class _Stats(NamedTuple):
     event_count: int
-    amounts: List[int]  # sorted
+    amounts: list[int]  # sorted
 
 
-def _dimensions(enriched: EnrichedEvent) -> Tuple[_Dimensions, Optional[int]]:
+def _dimensions(enriched: EnrichedEvent) -> tuple[_Dimensions, int | None]:
     event = enriched.event
     category = enriched.product.category if enriched.product is not None else UNKNOWN_CATEGORY
     return (event.event_type, category, event.currency or NO_CURRENCY), event.amount_minor
 
 
-def _percentile(ordered: Sequence[int], q: float) -> Optional[float]:
+def _percentile(ordered: Sequence[int], q: float) -> float | None:
     """numpy.percentile(..., method="linear") on an already sorted sequence."""
     if not ordered:
         return None
@@ -77,23 +78,23 @@ def _percentile(ordered: Sequence[int], q: float) -> Optional[float]:
 class _AmountStatsFn(beam.CombineFn):
     """Counts events and keeps every amount: exact percentiles need them all."""
 
-    def create_accumulator(self) -> List:
+    def create_accumulator(self) -> list:
         return [0, []]
 
-    def add_input(self, accumulator: List, amount: Optional[int]) -> List:
+    def add_input(self, accumulator: list, amount: int | None) -> list:
         accumulator[0] += 1
         if amount is not None:
             accumulator[1].append(amount)
         return accumulator
 
-    def merge_accumulators(self, accumulators) -> List:
+    def merge_accumulators(self, accumulators) -> list:
         merged = self.create_accumulator()
         for count, amounts in accumulators:
             merged[0] += count
             merged[1].extend(amounts)
         return merged
 
-    def extract_output(self, accumulator: List) -> _Stats:
+    def extract_output(self, accumulator: list) -> _Stats:
         return _Stats(accumulator[0], sorted(accumulator[1]))
 
 
@@ -108,7 +109,7 @@ class _ToWindowMetric(beam.DoFn):
 
     def process(
         self,
-        element: Tuple[_Dimensions, _Stats],
+        element: tuple[_Dimensions, _Stats],
         window: IntervalWindow = beam.DoFn.WindowParam,
         pane: PaneInfo = beam.DoFn.PaneInfoParam,
     ) -> Iterator[WindowMetric]:
@@ -143,14 +144,14 @@ def _windowing(config: TumblingWindowConfig) -> Windowing:
 class WindowedMetrics(beam.PTransform[beam.PCollection[EnrichedEvent], beam.PCollection[WindowMetric]]):
     """Tumbling-window metrics of timestamped enriched events."""
 
-    def __init__(self, config: Optional[TumblingWindowConfig] = None):
+    def __init__(self, config: TumblingWindowConfig | None = None):
         super().__init__()
         self._config = config or TumblingWindowConfig()
 
     def expand(self, events: beam.PCollection[EnrichedEvent]) -> beam.PCollection[WindowMetric]:
         return (
             events
-            | "KeyByDimensions" >> beam.Map(_dimensions).with_output_types(Tuple[_Dimensions, Optional[int]])
+            | "KeyByDimensions" >> beam.Map(_dimensions).with_output_types(tuple[_Dimensions, int | None])
             | "Window" >> window_into(_windowing(self._config))
             | "Aggregate" >> beam.CombinePerKey(_AmountStatsFn())
             | "ToWindowMetric" >> beam.ParDo(_ToWindowMetric()).with_output_types(WindowMetric)

@@ -1,7 +1,5 @@
 """The event-time windowing both aggregations share: watermark trigger, late firings, accumulation."""
 
-from typing import Optional
-
 import apache_beam as beam
 from apache_beam.transforms import trigger
 from apache_beam.transforms.core import Windowing
@@ -9,7 +7,7 @@ from apache_beam.transforms.window import WindowFn
 
 
 def event_time_windowing(
-    windowfn: WindowFn, allowed_lateness_seconds: int, early_firing_seconds: Optional[int] = None
+    windowfn: WindowFn, allowed_lateness_seconds: int, early_firing_seconds: int | None = None
 ) -> Windowing:
     """ON_TIME pane at the watermark, one LATE pane per late element, optional EARLY panes; accumulating.
 

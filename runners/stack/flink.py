@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from runners.stack.kafka import reap_if_exited
 from runners.stack.process import (
@@ -36,6 +36,7 @@ from runners.stack.process import (
     stack_path,
 )
 from runners.stack.settings import StackSettings
+from schemas import endpoints
 
 #: Newest Flink minor that both Beam 2.76 (FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS) and this plan allow.
 FLINK_VERSION = "1.20.3"
@@ -53,7 +54,7 @@ MVN_TIMEOUT_S = 600.0
 _MARKER = ".installed"
 
 
-def _run(argv: list[str], what: str, timeout: float, cwd: Optional[Path] = None) -> None:
+def _run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as err:
@@ -181,7 +182,7 @@ class Flink:
         stack: StackSettings,
         *,
         name: str = "flink",
-        rest_port: int = 8081,
+        rest_port: int = endpoints.FLINK_REST_PORT,
         rpc_port: int = 6123,
         metrics_ports: tuple[int, int] = (9250, 9260),
         task_slots: int = 2,
@@ -217,7 +218,7 @@ class Flink:
         return self.dir / "savepoints"
 
     @property
-    def pids(self) -> dict[str, Optional[int]]:
+    def pids(self) -> dict[str, int | None]:
         return {"jobmanager": self._jobmanager.pid(), "taskmanager": self._taskmanager.pid()}
 
     def install(self) -> None:
@@ -260,7 +261,7 @@ class Flink:
 
     # -- REST helpers ----------------------------------------------------------------------------------------
 
-    def rest(self, method: str, path: str, body: Optional[dict[str, Any]] = None, timeout: float = 10.0) -> Any:
+    def rest(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
         """One JSON call to the REST API (``path`` like ``/jobs/overview``); raises StackError on HTTP errors."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.rest_url + path, data=data, method=method)
@@ -272,7 +273,7 @@ class Flink:
             raise StackError(f"{self.name}: {method} {path} -> {err.code}: {err.read()[:2000]!r}") from err
         return json.loads(payload) if payload else None
 
-    def submit_jar(self, jar: Path, entry_class: str, args: Optional[list[str]] = None, parallelism: int = 2) -> str:
+    def submit_jar(self, jar: Path, entry_class: str, args: list[str] | None = None, parallelism: int = 2) -> str:
         """Upload ``jar`` (``POST /jars/upload``) and run it (``POST /jars/<id>/run``); returns the job id."""
         boundary = "----stack-flink-" + hashlib.sha256(jar.name.encode()).hexdigest()[:16]
         head = (
@@ -302,7 +303,7 @@ class Flink:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _overview(self) -> Optional[dict[str, Any]]:
+    def _overview(self) -> dict[str, Any] | None:
         try:
             with urllib.request.urlopen(self.rest_url + "/overview", timeout=3) as response:
                 return json.loads(response.read())

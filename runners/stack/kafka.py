@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Optional
 
 from beam_pipelines.settings import PipelineSettings
 from runners.stack.process import (
@@ -48,7 +47,7 @@ def pipeline_topics(pipeline: PipelineSettings) -> list[str]:
     return list(dict.fromkeys([pipeline.kafka.input_topic, *pipeline.kafka.output_topics.values()]))
 
 
-def java_major_version(java: str = "java") -> Optional[int]:
+def java_major_version(java: str = "java") -> int | None:
     """Major version of ``java`` (17 for ``17.0.15``), or None when it cannot be run."""
     try:
         done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
@@ -124,7 +123,7 @@ def ensure_topics(
     bootstrap: str,
     topics: Iterable[str],
     partitions: int,
-    config: Optional[Mapping[str, str]] = None,
+    config: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> list[str]:
     """Create missing ``topics`` (replication 1) and converge existing ones; returns the names created.
@@ -193,7 +192,7 @@ def ensure_topics(
         raise StackError(f"kafka: topic administration on {bootstrap} failed: {err}") from err
 
 
-def reap_if_exited(pid: Optional[int]) -> None:
+def reap_if_exited(pid: int | None) -> None:
     """Collect ``pid``'s exit status if it is our child and has exited, so it does not linger as a zombie.
 
     A child that dies during start-up stays in /proc until its parent waits for it; reaping it makes the
@@ -223,7 +222,7 @@ class Kafka:
     def __init__(
         self,
         stack: StackSettings,
-        pipeline: Optional[PipelineSettings] = None,
+        pipeline: PipelineSettings | None = None,
         *,
         name: str = "kafka",
     ) -> None:
@@ -243,7 +242,7 @@ class Kafka:
         return self._stack.kafka_bootstrap
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid()
 
     @property

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import psycopg
 from psycopg import sql
@@ -55,7 +54,7 @@ def postgres_dsn(stack: StackSettings, database: str = DATABASE) -> str:
     return f"postgresql://{USER}:{PASSWORD}@{stack.host}:{stack.postgres_port}/{database}"
 
 
-def _bin_dir() -> Optional[Path]:
+def _bin_dir() -> Path | None:
     """The newest installed PostgreSQL's bin/ (Debian keeps initdb and postgres out of PATH)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
@@ -69,7 +68,7 @@ class Postgres:
         stack: StackSettings,
         *,
         name: str = "postgres",
-        generator: Optional[GeneratorConfig] = None,
+        generator: GeneratorConfig | None = None,
     ) -> None:
         self.name = name
         self._stack = stack
@@ -88,7 +87,7 @@ class Postgres:
         return postgres_dsn(self._stack)
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid()
 
     def install(self) -> None:
@@ -199,7 +198,7 @@ class Postgres:
         return sockets
 
     @staticmethod
-    def _owner() -> Optional[pwd.struct_passwd]:
+    def _owner() -> pwd.struct_passwd | None:
         """The OS user that owns and runs the cluster: ``postgres`` as root (initdb refuses root), else None."""
         if os.geteuid() != 0:
             return None

@@ -10,9 +10,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_DIR = Path(os.environ.get("STACK_DIR", REPO_ROOT / ".stack"))
@@ -69,7 +70,7 @@ def require_free_port(host: str, port: int, component: str) -> None:
         )
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Optional[Path] = None) -> None:
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -87,7 +88,7 @@ class ManagedProcess:
         self.pid_file = stack_path("run", f"{name}.pid")
         self.log_file = stack_path("logs", f"{name}.log")
 
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         """The recorded pid if that process still runs (and is not a recycled pid of something else)."""
         try:
             pid = int(self.pid_file.read_text().split()[0])
@@ -98,7 +99,7 @@ class ManagedProcess:
             return None  # gone, a zombie, or the pid now names another process
         return pid
 
-    def start(self, argv: list[str], env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> int:
+    def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
         if self.pid() is not None:
             return self.pid()
         with open(self.log_file, "ab") as log:
@@ -142,7 +143,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
-def _start_time(pid: int) -> Optional[str]:
+def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (field 22 of /proc/<pid>/stat): pid + start time names one process."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]

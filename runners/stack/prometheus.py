@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from runners.stack.process import (
     REPO_ROOT,
@@ -28,6 +28,7 @@ from runners.stack.process import (
     wait_until,
 )
 from runners.stack.settings import StackSettings
+from schemas import endpoints
 
 DEFAULT_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
 START_TIMEOUT_S = 60.0
@@ -35,7 +36,7 @@ START_TIMEOUT_S = 60.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _binary(name: str) -> Optional[str]:
+def _binary(name: str) -> str | None:
     return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
 
 
@@ -66,8 +67,8 @@ class Prometheus:
         stack: StackSettings,
         *,
         name: str = "prometheus",
-        port: int = 9090,
-        config: Optional[Path] = None,
+        port: int = endpoints.PROMETHEUS_PORT,
+        config: Path | None = None,
     ) -> None:
         self.name = name
         self.port = port
@@ -85,7 +86,7 @@ class Prometheus:
         return f"http://{self.address}"
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid()
 
     def install(self) -> None:

@@ -6,7 +6,6 @@ on its command line (loopback only, append-only file on), so ``make down`` stops
 
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import redis
 
@@ -29,7 +28,7 @@ def redis_url(stack: StackSettings, db: int = 0) -> str:
     return f"redis://{stack.host}:{stack.redis_port}/{db}"
 
 
-def _server_binary() -> Optional[str]:
+def _server_binary() -> str | None:
     return shutil.which("redis-server") or next(
         (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if Path(p).exists()), None
     )
@@ -43,7 +42,7 @@ class Redis:
         stack: StackSettings,
         *,
         name: str = "redis",
-        generator: Optional[GeneratorConfig] = None,
+        generator: GeneratorConfig | None = None,
     ) -> None:
         self.name = name
         self._stack = stack
@@ -60,7 +59,7 @@ class Redis:
         return redis_url(self._stack)
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid()
 
     def install(self) -> None:

@@ -8,7 +8,6 @@ compacted ``_schemas`` topic of the stack's Kafka, so it needs Kafka up first an
 
 import sys
 import time
-from typing import Optional
 
 import httpx
 
@@ -43,7 +42,7 @@ class SchemaRegistry:
         return self._stack.registry_url
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid()
 
     def install(self) -> None:

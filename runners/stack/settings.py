@@ -4,17 +4,19 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas import endpoints
+
 
 class StackSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field("127.0.0.1", description="Every component binds to loopback only.")
-    kafka_port: int = Field(9092, description="Kafka broker (PLAINTEXT).")
-    kafka_controller_port: int = Field(9093, description="Kafka KRaft controller.")
-    registry_port: int = Field(8085, description="Confluent-compatible schema registry (REST).")
-    postgres_port: int = Field(5432, description="PostgreSQL with the user profiles.")
-    redis_port: int = Field(6379, description="Redis with the product catalogue.")
-    prism_port: int = Field(8073, description="Prism's Beam job service (the local portable runner).")
+    host: str = Field(endpoints.HOST, description="Every component binds to loopback only.")
+    kafka_port: int = Field(endpoints.KAFKA_PORT, description="Kafka broker (PLAINTEXT).")
+    kafka_controller_port: int = Field(endpoints.KAFKA_CONTROLLER_PORT, description="Kafka KRaft controller.")
+    registry_port: int = Field(endpoints.REGISTRY_PORT, description="Confluent-compatible schema registry (REST).")
+    postgres_port: int = Field(endpoints.POSTGRES_PORT, description="PostgreSQL with the user profiles.")
+    redis_port: int = Field(endpoints.REDIS_PORT, description="Redis with the product catalogue.")
+    prism_port: int = Field(endpoints.PRISM_PORT, description="Prism's Beam job service (the local portable runner).")
 
     @classmethod
     def from_env(cls) -> "StackSettings":

@@ -5,12 +5,13 @@ import time
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from schemas import endpoints
 from schemas.catalog import schema_json
 from schemas.records import ClickEvent, KafkaRecord, to_avro
 from schemas.registry import InMemoryRegistry
 from schemas.serde import ConfluentAvroSerde
 
-RAW_TOPIC = "clickstream.events.raw"
+RAW_TOPIC = endpoints.RAW_TOPIC
 
 
 def streaming_options() -> PipelineOptions:

@@ -3,7 +3,7 @@
 import asyncio
 import threading
 from collections.abc import Mapping
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
 
@@ -50,7 +50,7 @@ class InMemoryLookupHandler(Generic[R]):
         self._attempts = {}
         self._lock = threading.Lock()
 
-    async def lookup(self, key: str) -> Optional[R]:
+    async def lookup(self, key: str) -> R | None:
         with self._lock:
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt

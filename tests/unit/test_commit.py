@@ -2,7 +2,7 @@
 
 import random
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any
 
 import apache_beam as beam
 import pytest
@@ -20,7 +20,7 @@ TOPIC = "t.raw"
 CLIENT = ClientConfig({"bootstrap.servers": "localhost:9092"})
 
 
-def ack(offset: int, part: int = 0, parts: int = 1, covers_from: Optional[int] = None, partition: int = 0):
+def ack(offset: int, part: int = 0, parts: int = 1, covers_from: int | None = None, partition: int = 0):
     return Provenance(TOPIC, partition, offset if covers_from is None else covers_from, offset, part, parts)
 
 

@@ -7,7 +7,7 @@ messages and advances the consumer's position past exactly those (prefetched mes
 
 import pickle
 import time
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -62,25 +62,25 @@ class FakeMessage:
     def __init__(
         self,
         offset: int = -1,
-        key: Optional[bytes] = None,
-        value: Optional[bytes] = None,
+        key: bytes | None = None,
+        value: bytes | None = None,
         timestamp_ms: int = -1,
         partition: int = PARTITION.partition,
-        error: Optional[FakeError] = None,
+        error: FakeError | None = None,
     ):
         self._offset, self._key, self._value = offset, key, value
         self._timestamp_ms, self._partition, self._error = timestamp_ms, partition, error
 
-    def error(self) -> Optional[FakeError]:
+    def error(self) -> FakeError | None:
         return self._error
 
     def offset(self) -> int:
         return self._offset
 
-    def key(self) -> Optional[bytes]:
+    def key(self) -> bytes | None:
         return self._key
 
-    def value(self) -> Optional[bytes]:
+    def value(self) -> bytes | None:
         return self._value
 
     def timestamp(self) -> tuple[int, int]:
@@ -120,14 +120,14 @@ class FakeConsumer:
         self.config = config  # holds the resolved secrets, as a real consumer would
         self.log: list[FakeMessage] = []
         self.low = 0
-        self.high: Optional[int] = None
-        self.cached_high: Optional[int] = None
-        self.batches: Optional[list[list[FakeMessage]]] = None
+        self.high: int | None = None
+        self.cached_high: int | None = None
+        self.batches: list[list[FakeMessage]] | None = None
         self.committed_offset = OFFSET_INVALID
         self.time_offset = -1
         self.partitions = 0
-        self.position: Optional[int] = None
-        self.eof_sent_at: Optional[int] = None
+        self.position: int | None = None
+        self.eof_sent_at: int | None = None
         self.assigned: list[tuple[str, int, int]] = []
         self.consume_calls: list[int] = []
         self.commits: list[tuple[list[tuple[str, int, int]], bool]] = []
@@ -158,7 +158,7 @@ class FakeConsumer:
         return out
 
     def get_watermark_offsets(
-        self, tp: TopicPartition, timeout: Optional[float] = None, cached: bool = False
+        self, tp: TopicPartition, timeout: float | None = None, cached: bool = False
     ) -> tuple[int, int]:
         if cached:
             return self.low, self._high() if self.cached_high is None else self.cached_high
@@ -203,7 +203,7 @@ def read_config(**overrides: Any) -> ReadConfig:
     return ReadConfig(**{"topic": TOPIC, "group_id": "g", **overrides})
 
 
-def read_fn(config: Optional[ReadConfig] = None) -> _ReadPartitionFn:
+def read_fn(config: ReadConfig | None = None) -> _ReadPartitionFn:
     config = config or read_config()
     fn = _ReadPartitionFn(CLIENT, config, _Clients(CLIENT, config))
     fn.setup()
@@ -213,7 +213,7 @@ def read_fn(config: Optional[ReadConfig] = None) -> _ReadPartitionFn:
 class Run:
     """One ``process`` call as the SDK harness makes it: tracker and estimator behind their thread-safe views."""
 
-    def __init__(self, fn: _ReadPartitionFn, start: int, stop: int, state: Optional[tuple[Timestamp, float]] = None):
+    def __init__(self, fn: _ReadPartitionFn, start: int, stop: int, state: tuple[Timestamp, float] | None = None):
         self.tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(OffsetRange(start, stop)))
         self.estimator = _Watermark(state)
         self.output = fn.process(
@@ -225,7 +225,7 @@ class Run:
     def all(self) -> list[TimestampedValue]:
         return list(self.output)
 
-    def residual(self) -> Optional[OffsetRange]:
+    def residual(self) -> OffsetRange | None:
         status = self.tracker.deferred_status()
         return status[0] if status else None
 
@@ -501,12 +501,12 @@ class FakeProducer:
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
-        self.produced: list[tuple[str, Optional[bytes], bytes]] = []
-        self.pending: list[tuple[Optional[bytes], Any]] = []
+        self.produced: list[tuple[str, bytes | None, bytes]] = []
+        self.pending: list[tuple[bytes | None, Any]] = []
         self.polls: list[float] = []
         FakeProducer.instances.append(self)
 
-    def produce(self, topic: str, value: bytes = b"", key: Optional[bytes] = None, on_delivery: Any = None) -> None:
+    def produce(self, topic: str, value: bytes = b"", key: bytes | None = None, on_delivery: Any = None) -> None:
         if FakeProducer.buffer_full:
             FakeProducer.buffer_full -= 1
             raise BufferError("Local: Queue full")

@@ -1,7 +1,7 @@
 """Runner profiles: flags parsed back through Beam's own option views, and preflight with monkeypatched probes."""
 
 from pathlib import Path
-from typing import Optional, get_args
+from typing import get_args
 
 import pytest
 from apache_beam.options.pipeline_options import (
@@ -34,7 +34,7 @@ EXPANSION_JAR = "beam-sdks-java-io-expansion-service-2.76.0.jar"
 DATAFLOW = {"runner": "dataflow", "project": "acme-data", "region": "europe-west1", "temp_location": "gs://acme/tmp"}
 
 
-def options(settings: RunnerSettings, prism_binary: Optional[Path] = None) -> PipelineOptions:
+def options(settings: RunnerSettings, prism_binary: Path | None = None) -> PipelineOptions:
     return PipelineOptions(pipeline_args(settings, prism_binary))
 
 
@@ -48,14 +48,14 @@ class Probes:
     """A healthy machine: java 17, every file present, every URL answering; tests break one thing each."""
 
     def __init__(self) -> None:
-        self.java: Optional[str] = "/usr/bin/java"
+        self.java: str | None = "/usr/bin/java"
         self.java_version = JAVA_17
         self.missing_files: set[Path] = set()
         self.url_errors: dict[str, str] = {}
         self.urls_probed: list[tuple[str, str]] = []
-        self.dataflow_error: Optional[str] = None
+        self.dataflow_error: str | None = None
 
-    def http_error(self, url: str, method: str) -> Optional[str]:
+    def http_error(self, url: str, method: str) -> str | None:
         self.urls_probed.append((method, url))
         return next((err for part, err in self.url_errors.items() if part in url), None)
 
@@ -218,7 +218,7 @@ def test_java_major_reads_old_and_new_version_strings(text: str, major: int) -> 
 
 def test_flink_preflight_passes_on_a_healthy_machine(probes: Probes) -> None:
     preflight(RunnerSettings(runner="flink"))
-    assert ("GET", "http://localhost:8081/overview") in probes.urls_probed
+    assert ("GET", "http://127.0.0.1:8081/overview") in probes.urls_probed
 
 
 def test_flink_preflight_without_java(probes: Probes) -> None:

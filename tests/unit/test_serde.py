@@ -11,7 +11,7 @@ import random
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from apache_beam.internal import pickler as beam_pickler
@@ -115,7 +115,7 @@ class _CountingRegistry:
         self._schemas: dict[int, str] = {}
         self.register_calls = 0
         self.lookup_calls = 0
-        self.fail_with: Optional[Exception] = None
+        self.fail_with: Exception | None = None
 
     def register(self, subject: str, schema_str: str) -> int:
         self.register_calls += 1
@@ -135,7 +135,7 @@ class _CountingRegistry:
             raise SchemaNotFoundError(f"schema id {schema_id} is not registered") from None
 
 
-def _serde(registry: Any, contract: str = "clickstream_event", subject: Optional[str] = "clickstream.events-value"):
+def _serde(registry: Any, contract: str = "clickstream_event", subject: str | None = "clickstream.events-value"):
     return ConfluentAvroSerde(registry, catalog.schema_json(contract), subject)
 
 
