@@ -50,9 +50,10 @@ ifeq ($(RUNNER),prism)
 endif
 	$(BIN)/python -m runners --runner '$(RUNNER)' --events $(EVENTS) --seed $(SEED) $(if $(FOLLOW),--follow) $(if $(DURATION),--duration $(DURATION)) $(RUN_ARGS)
 
-bench: setup ## Print the benchmark tables (coders; publish throughput, which needs `make up`)
+bench: setup ## Print the benchmark tables (coders; publish throughput and enrichment, which need `make up`)
 	$(BIN)/python -m benchmarks.coders
 	$(BIN)/python -m benchmarks.publish
+	$(BIN)/python -m benchmarks.enrichment
 
 clean: ## Stop the local stack, remove the venv, stack data, run outputs and caches
 	-test -x $(BIN)/python && $(BIN)/python -m runners.stack down
