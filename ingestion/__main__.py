@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     service = IngestionService(publisher, metrics, rejects_path=args.rejects)
     progress = _Progress(service, limiter)
     started = time.monotonic()
+    stopping = threading.Event()
+    # Ours before uvicorn's: uvicorn restores these after its graceful shutdown and re-raises the signal,
+    # which then only sets the flag instead of killing the process before the producer is flushed below.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     if args.command == "serve":
         import uvicorn
 
@@ -193,9 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.metrics_port:
             start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
-        stopping = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stopping.set())
         progress.start()
         source = _replay_lines(args.file) if args.command == "replay" else _generated(args)
         _pump(service, source, args.command, stopping)
