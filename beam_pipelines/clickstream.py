@@ -58,9 +58,13 @@ OUTPUT_CONTRACTS: dict[str, OutputContract] = {
 }
 
 
-def output_contract(name: str) -> OutputContract:
-    """What output ``name`` carries: a fixed output's contract, else a route's."""
-    return OUTPUT_CONTRACTS.get(name, ROUTED_EVENTS)
+def output_contract(name: str, settings: PipelineSettings) -> OutputContract:
+    """What output ``name`` carries: a fixed output's contract, or a route's; an unknown name is an error."""
+    if name in OUTPUT_CONTRACTS:
+        return OUTPUT_CONTRACTS[name]
+    if name in settings.route_names():
+        return ROUTED_EVENTS
+    raise KeyError(f"no output {name!r}; outputs: {settings.output_names()}")
 
 
 class Lookups(NamedTuple):
@@ -122,7 +126,7 @@ def build_pipeline(
     writes: list[_Write] = []
     dead_letters: dict[bool, list[beam.PCollection]] = {False: [decoded.dead_letters, validated.dead_letters], True: []}
     for name, pcoll in typed_outputs.items():
-        contract = output_contract(name)
+        contract = output_contract(name, settings)
         serde = _output_serde(registry, contract.contract, settings.topic(name))
         encoded = pcoll | f"Encode[{name}]" >> EncodeRecords(serde, contract.key, name)
         dead_letters[contract.aggregate].append(encoded.dead_letters)
@@ -130,7 +134,7 @@ def build_pipeline(
 
     # Dead letters of input records and of aggregates are written apart: a write downstream of the windows
     # moves on only with their (held back) watermark, and committing input offsets must not wait for that.
-    dlq = output_contract("dead_letters")
+    dlq = OUTPUT_CONTRACTS["dead_letters"]
     dlq_serde = _output_serde(registry, dlq.contract, settings.topic("dead_letters"))
     written = []
     for of_aggregates, parts in dead_letters.items():

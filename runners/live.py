@@ -209,7 +209,7 @@ def _progress(settings: PipelineSettings, start: Offsets, end: Offsets, outputs_
 
 def _decoded(settings: PipelineSettings, registry: SchemaRegistry, name: str, start: Offsets) -> list[dict]:
     topic = settings.topic(name)
-    serde = ConfluentAvroSerde(registry, schema_json(output_contract(name).contract))
+    serde = ConfluentAvroSerde(registry, schema_json(output_contract(name, settings).contract))
     return [serde.decode(m.value()) for m in read_range(settings, topic, start, end_offsets(settings, topic))]
 
 

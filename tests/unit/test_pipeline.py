@@ -8,6 +8,7 @@ The sinks are the assertions; the reconciliation (in = routed + dead + filtered)
 import time
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
@@ -149,7 +150,7 @@ def _project(name, row):
 
 
 def _decoded(registry, name):
-    serde = ConfluentAvroSerde(registry, schema_json(output_contract(name).contract))
+    serde = ConfluentAvroSerde(registry, schema_json(output_contract(name, load_settings()).contract))
 
     def decode(record):
         row = serde.decode(record.value)
@@ -227,3 +228,11 @@ def _fate(registry, name):
         return name, projected[2] if name == "dead_letters" else projected
 
     return fate
+
+
+def test_output_contracts_know_every_output_and_refuse_others():
+    settings = load_settings()
+    assert {output_contract(name, settings).contract for name in settings.route_names()} == {"enriched_event"}
+    assert output_contract("sessions", settings).contract == "session_summary"
+    with pytest.raises(KeyError, match="no output 'oders'"):
+        output_contract("oders", settings)

@@ -13,6 +13,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from schemas.catalog import schema_json
 from schemas.records import (
     RECORD_TYPES,
     ClickEvent,
@@ -186,3 +187,23 @@ def test_records_survive_a_shuffle_in_a_pipeline():
             | "Sorted" >> beam.MapTuple(lambda user, events: (user, sorted(events, key=lambda e: e.event_id)))
         )
         assert_that(grouped, equal_to([("u-000042", sorted([CLICK, other], key=lambda e: e.event_id))]))
+
+
+@pytest.mark.parametrize(
+    ("contract", "record_type"),
+    [
+        ("clickstream_event", ClickEvent),
+        ("enriched_event", EnrichedEvent),
+        ("window_metric", WindowMetric),
+        ("session_summary", SessionSummary),
+        ("dead_letter", DeadLetter),
+    ],
+)
+def test_record_types_have_their_contracts_fields(contract, record_type):
+    """Each contract record mirrors its .avsc: same field names in the same order, optional where nullable."""
+    fields = schema_json(contract)["fields"]
+    hints = typing.get_type_hints(record_type)
+    assert [f["name"] for f in fields] == list(record_type._fields)
+    for field in fields:
+        nullable = isinstance(field["type"], list) and "null" in field["type"]
+        assert nullable == (type(None) in typing.get_args(hints[field["name"]])), field["name"]
