@@ -24,6 +24,7 @@ setup(
             "runners.*",
             "ingestion",
             "kafkaio",
+            "monitoring",
             "benchmarks",
         ]
     ),

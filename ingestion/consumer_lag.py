@@ -1,7 +1,7 @@
 """Consumer-group lag read from Kafka: committed offsets against each partition's start and end offsets.
 
 One reader for both users of lag: the ingestion rate limiter (``ingestion.signals.ConsumerLag``) and the
-Prometheus exporter (``runners.lag_exporter``), so they can never disagree on what lag means.
+Prometheus exporter (``monitoring.lag_exporter``), so they can never disagree on what lag means.
 """
 
 import logging

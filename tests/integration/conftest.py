@@ -161,7 +161,7 @@ MONITORING_RULES = Path(__file__).resolve().parents[2] / "monitoring" / "prometh
 
 @pytest.fixture(scope="session")
 def lag_exporter(kafka_broker: Kafka) -> Iterator[str]:
-    """``python -m runners.lag_exporter`` for MONITORING_GROUP on MONITORING_TOPIC; yields its /metrics URL."""
+    """``python -m monitoring.lag_exporter`` for MONITORING_GROUP on MONITORING_TOPIC; yields its /metrics URL."""
     proc = ManagedProcess("it-lag-exporter")
     host = KAFKA_STACK.host
     try:
@@ -171,7 +171,7 @@ def lag_exporter(kafka_broker: Kafka) -> Iterator[str]:
             [
                 sys.executable,
                 "-m",
-                "runners.lag_exporter",
+                "monitoring.lag_exporter",
                 f"--bootstrap={kafka_broker.bootstrap}",
                 f"--group={MONITORING_GROUP}",
                 f"--topic={MONITORING_TOPIC}",

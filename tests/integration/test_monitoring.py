@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingestion.consumer_lag import LagReader
-from runners.lag_exporter import LagCollector
+from monitoring.lag_exporter import LagCollector
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
 from runners.stack.kafka import Kafka
 from runners.stack.prometheus import Prometheus

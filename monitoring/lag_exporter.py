@@ -1,4 +1,4 @@
-"""Consumer-group lag as Prometheus gauges: ``python -m runners.lag_exporter --bootstrap ... --group ...``.
+"""Consumer-group lag as Prometheus gauges: ``python -m monitoring.lag_exporter --bootstrap ... --group ...``.
 
 Kafka keeps no lag metric of its own for a group: lag is the end offset of each partition minus the offset
 the group committed there. This exporter reads both from the broker on every scrape
@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from ingestion.consumer_lag import LagReader
 from schemas import endpoints
 
-LOG = logging.getLogger("runners.lag_exporter")
+LOG = logging.getLogger("monitoring.lag_exporter")
 DEFAULT_PORT = 9308  # the port conventionally used by Kafka exporters; monitoring/prometheus/prometheus.yml scrapes it
 
 
@@ -87,7 +87,7 @@ def build_registry(reader: LagReader) -> CollectorRegistry:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runners.lag_exporter", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m monitoring.lag_exporter", description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap", default=endpoints.KAFKA_BOOTSTRAP, help="Kafka bootstrap servers")
     parser.add_argument("--group", action="append", required=True, help="consumer group (repeatable)")
     parser.add_argument(

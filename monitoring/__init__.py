@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus rules and config, dashboards, runbooks, and the exporters (``lag_exporter``)."""
