@@ -101,6 +101,23 @@ class BuiltPipeline(NamedTuple):
     written: beam.PCollection  # PCollection[Provenance]: a part of an input record durably written
 
 
+def _encoded_dead_letters(
+    label: str, parts: list[beam.PCollection], serde: ConfluentAvroSerde
+) -> tuple[beam.PCollection, beam.PCollection]:
+    """One dead-letter stream from ``parts``: (encoded records, provenance of dead letters that could not be)."""
+    # Dead letters of windowed outputs carry their windows; the dead-letter stream is not windowed.
+    collected = [
+        pcoll | f"Unwindow[{label}/{i}]" >> beam.WindowInto(GlobalWindows()) for i, pcoll in enumerate(parts)
+    ] | f"Collect[{label}]" >> beam.Flatten()
+    encoded = collected | f"Encode[{label}]" >> EncodeRecords(
+        serde, OUTPUT_CONTRACTS["dead_letters"].key, "dead_letters"
+    )
+    lost = encoded.dead_letters | f"CountUnencodable[{label}]" >> beam.ParDo(_CountDeadLetterLoss()).with_output_types(
+        Provenance
+    )
+    return encoded.records, lost
+
+
 def build_pipeline(
     p: beam.Pipeline,
     settings: PipelineSettings,
@@ -134,22 +151,14 @@ def build_pipeline(
 
     # Dead letters of input records and of aggregates are written apart: a write downstream of the windows
     # moves on only with their (held back) watermark, and committing input offsets must not wait for that.
-    dlq = OUTPUT_CONTRACTS["dead_letters"]
-    dlq_serde = _output_serde(registry, dlq.contract, settings.topic("dead_letters"))
+    dlq_serde = _output_serde(registry, OUTPUT_CONTRACTS["dead_letters"].contract, settings.topic("dead_letters"))
     written = []
     for of_aggregates, parts in dead_letters.items():
-        kind = "aggregates" if of_aggregates else "records"
-        # Dead letters of windowed outputs carry their windows; the dead-letter stream is not windowed.
-        collected = [
-            pcoll | f"Unwindow[{kind}/{i}]" >> beam.WindowInto(GlobalWindows()) for i, pcoll in enumerate(parts)
-        ] | f"CollectDeadLetters[{kind}]" >> beam.Flatten()
-        encoded = collected | f"Encode[dead_letters/{kind}]" >> EncodeRecords(dlq_serde, dlq.key, "dead_letters")
-        lost = encoded.dead_letters | f"CountUnencodableDeadLetters[{kind}]" >> beam.ParDo(
-            _CountDeadLetterLoss()
-        ).with_output_types(Provenance)
+        label = f"dead_letters/{'aggregates' if of_aggregates else 'records'}"
+        records, lost = _encoded_dead_letters(label, parts, dlq_serde)
         if not of_aggregates:
             written.append(lost)
-        writes.append(_Write("dead_letters", f"dead_letters/{kind}", encoded.records, of_aggregates))
+        writes.append(_Write("dead_letters", label, records, of_aggregates))
 
     for write in writes:
         acknowledged = write.records | f"Write[{write.label}]" >> sink(write.output, settings.topic(write.output))
