@@ -4,7 +4,8 @@ on Prism, against the local stack's PostgreSQL (users) and Redis (products). Nee
 Both join the same generated events with the same stores and produce the same ``EnrichedEvent``s; Beam's
 side uses one ``EnrichmentSourceHandler`` per store (chained ``Enrichment`` steps, synchronous psycopg and
 redis clients). Cases: healthy stores, and the user store unreachable (a wrong port), where a pipeline
-must degrade the events instead of failing. Prints one table, ratios against ``EnrichEvents``.
+must degrade the events instead of failing (Beam's worker logs the failing job's traceback: expected).
+Prints one table, ratios against ``EnrichEvents``.
 """
 
 import argparse
