@@ -22,7 +22,6 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
 - ``restriction_size`` reports the backlog (end offset - position) to the runner.
 """
 
-import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -42,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kafkaio.config import ClientConfig
 from schemas.records import KafkaRecord
 
-_LOG = logging.getLogger(__name__)
 #: OffsetRange end of an unbounded partition read.
 UNBOUNDED = sys.maxsize
 _METADATA_TIMEOUT_S = 10.0
@@ -68,7 +66,9 @@ class ReadConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     topic: str = Field(description="Topic to read.")
-    group_id: str = Field(description="Consumer group whose offsets are read at start and committed per bundle.")
+    group_id: str = Field(
+        description="Consumer group whose committed offsets say where a read starts (CommitOffsets moves them)."
+    )
     start: Literal["committed", "earliest", "latest", "timestamp"] = Field(
         "committed",
         description="Where a partition starts: the group's committed offset (earliest when it has none), the "
