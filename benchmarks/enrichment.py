@@ -29,8 +29,8 @@ from runners.stack.process import port_open
 from runners.stack.redis import redis_url
 from runners.stack.settings import StackSettings
 from schemas.records import ClickEvent, EnrichedEvent, Product, TrackedEnriched, TrackedEvent, UserProfile
-from transforms.enrich import EnrichEvents, EnrichmentConfig, LookupHandler
-from transforms.lookups import PRODUCT_FIELDS, PostgresUserLookup, RedisProductLookup, product_key
+from transforms.enrich import EnrichEvents, EnrichmentConfig, LookupHandler, enrichment_status
+from transforms.lookups import PostgresUserLookup, RedisProductLookup, product_from_hash, product_key, user_query
 
 NAMESPACE = "bench"
 
@@ -69,10 +69,7 @@ class _PostgresUsers(EnrichmentSourceHandler):
         self._conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
 
     def __call__(self, request: TrackedEvent, *args: Any, **kwargs: Any) -> tuple[TrackedEvent, UserProfile | None]:
-        row = self._conn.execute(
-            "SELECT user_id, segment, loyalty_tier, signup_country FROM user_profiles WHERE user_id = %s",
-            (request.record.user_id,),
-        ).fetchone()
+        row = self._conn.execute(user_query(), (request.record.user_id,)).fetchone()
         return request, UserProfile(*row) if row else None
 
     def __exit__(self, *exc: Any) -> None:
@@ -92,11 +89,9 @@ class _RedisProducts(EnrichmentSourceHandler):
         event = request[0].record
         if not event.product_id:
             return request, None
-        fields = self._client.hgetall(product_key(event.product_id))
-        if not fields:
-            return request, None
-        values = {name: fields[name] for name in PRODUCT_FIELDS}
-        return request, Product(event.product_id, **{**values, "price_minor": int(values["price_minor"])})
+        key = product_key(event.product_id)
+        fields = self._client.hgetall(key)
+        return request, product_from_hash(event.product_id, fields, key) if fields else None
 
     def __exit__(self, *exc: Any) -> None:
         self._client.close()
@@ -104,9 +99,7 @@ class _RedisProducts(EnrichmentSourceHandler):
 
 def _joined(request: tuple[TrackedEvent, UserProfile | None], product: Product | None) -> TrackedEnriched:
     tracked, user = request
-    needed = 1 + bool(tracked.record.product_id)
-    found = (user is not None) + (product is not None)
-    status = "enriched" if found == needed else ("not_enriched" if found == 0 else "partial")
+    status = enrichment_status(1 + bool(tracked.record.product_id), (user is not None) + (product is not None))
     return TrackedEnriched(EnrichedEvent(tracked.record, user, product, status, []), tracked.provenance)
 
 

@@ -335,7 +335,8 @@ class EnrichmentOutcome(NamedTuple):
     started_ms: int
 
 
-def _status(needed: int, found: int) -> str:
+def enrichment_status(needed: int, found: int) -> str:
+    """``enriched`` when every needed lookup found its record, ``not_enriched`` when none did, else ``partial``."""
     if found == needed:
         return STATUS_ENRICHED
     return STATUS_NOT_ENRICHED if found == 0 else STATUS_PARTIAL
@@ -374,7 +375,7 @@ class Enricher:
                 event=event,
                 user=user.record,
                 product=product.record if product else None,
-                enrichment_status=_status(len(resolutions), found),
+                enrichment_status=enrichment_status(len(resolutions), found),
                 enrichment_errors=[r.reason for r in resolutions if r.reason],
             )
         except Exception as err:  # last resort: a bug here must not fail the bundle forever

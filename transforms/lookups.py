@@ -34,6 +34,21 @@ def product_key(product_id: str, prefix: str = PRODUCT_KEY_PREFIX) -> str:
     return f"{prefix}{product_id}"
 
 
+def product_from_hash(product_id: str, fields: dict[str, str], key: str) -> Product:
+    """The ``Product`` stored in hash ``key`` (``product_id`` is not a field); a hash lacking a field is an error."""
+    missing = [name for name in PRODUCT_FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"hash {key} lacks {', '.join(missing)}")
+    return Product(product_id, fields["category"], fields["brand"], int(fields["price_minor"]), fields["currency"])
+
+
+def user_query(table: str = "user_profiles") -> sql.Composed:
+    """The one indexed SELECT of a ``UserProfile`` by ``user_id`` (columns in ``UserProfile`` order)."""
+    return sql.SQL("SELECT user_id, segment, loyalty_tier, signup_country FROM {} WHERE user_id = %s").format(
+        sql.Identifier(table)
+    )
+
+
 @dataclass
 class _PgConnections:
     """Idle connections of one event loop, at most ``slots`` in use at once."""
@@ -75,9 +90,7 @@ class PostgresUserLookup:
 
     async def lookup(self, key: str) -> UserProfile | None:
         pool = self._pool()
-        query = sql.SQL("SELECT user_id, segment, loyalty_tier, signup_country FROM {} WHERE user_id = %s").format(
-            sql.Identifier(self._table)
-        )
+        query = user_query(self._table)
         async with pool.slots:
             conn = pool.idle.pop() if pool.idle else await self._connect()
             try:
@@ -141,10 +154,7 @@ class RedisProductLookup:
             raise StoreError(f"redis {type(err).__name__}: {err}") from err
         if not fields:
             return None
-        missing = [name for name in PRODUCT_FIELDS if name not in fields]
-        if missing:
-            raise ValueError(f"hash {product_key(key, self._key_prefix)} lacks {', '.join(missing)}")
-        return Product(key, fields["category"], fields["brand"], int(fields["price_minor"]), fields["currency"])
+        return product_from_hash(key, fields, product_key(key, self._key_prefix))
 
     async def aclose(self) -> None:
         """Close the current loop's client (optional: workers simply exit)."""
