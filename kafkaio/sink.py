@@ -35,12 +35,9 @@ class _WriteFn(beam.DoFn):
     def setup(self) -> None:
         self._producer = Producer({**_PRODUCER_DEFAULTS, **self._client.resolve()})
         self._written = beam.metrics.Metrics.counter("kafkaio", f"records_written[{self._topic}]")
-        self._failed: list[KafkaError] = []
-        self._acked = 0
-        self._sent = 0
 
     def start_bundle(self) -> None:
-        self._failed = []
+        self._failed: list[KafkaError] = []
         self._acked = 0
         self._sent = 0
         self._written_provenance: list[WindowedValue] = []

@@ -14,18 +14,19 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, PipelineSettings, SettingsError, load_settings
+from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, SettingsError, load_settings
 from ingestion.generator import GeneratorConfig
 from runners.live import run_live
 from runners.prism import PrismJobServer
 from runners.profiles import PreflightError, RunnerSettings, parse_runner, pipeline_args, preflight
 from runners.stack.process import StackError
 from runners.stack.settings import StackSettings
+from transforms.route import RouteRule
 
 
 def _help_value(value: object) -> str:
     """A setting's value as ``--help`` shows it: routes by name, secrets hidden, long values shortened."""
-    if isinstance(value, tuple) and value and all(isinstance(v, BaseModel) and hasattr(v, "name") for v in value):
+    if isinstance(value, tuple) and value and all(isinstance(v, RouteRule) for v in value):
         return ", ".join(v.name for v in value)
     if isinstance(value, SecretStr):
         return "(secret)"
@@ -35,14 +36,14 @@ def _help_value(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _settings_help(model: type, effective: BaseModel, prefix: str = "") -> list[str]:
+def _settings_help(effective: BaseModel, prefix: str = "") -> list[str]:
     """One line per settings path with its description and effective default (the bundled config's value)."""
     lines = []
-    for name, info in model.model_fields.items():
+    for name, info in type(effective).model_fields.items():
         path = f"{prefix}{name}"
         value = getattr(effective, name)
-        if isinstance(value, BaseModel) and not hasattr(value, "name"):
-            lines += _settings_help(type(value), value, f"{path}.")
+        if isinstance(value, BaseModel):
+            lines += _settings_help(value, f"{path}.")
             continue
         lines.append(f"  {path:<44} {info.description or ''} [default: {_help_value(value)}]")
     return lines
@@ -54,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings paths for --set (path=value, value parsed as YAML):\n"
-        + "\n".join(
-            _settings_help(PipelineSettings, load_settings())
-            + _settings_help(RunnerSettings, RunnerSettings(), "runner.")
-        ),
+        + "\n".join(_settings_help(load_settings()) + _settings_help(RunnerSettings(), "runner.")),
     )
     parser.add_argument("--runner", default="prism", help="direct | prism (default) | flink | dataflow")
     parser.add_argument("--config", type=Path, help=f"settings YAML (default: {DEFAULT_CONFIG})")
