@@ -57,15 +57,23 @@ def _consumer(settings: PipelineSettings, group: str) -> Consumer:
     return Consumer({**settings.kafka.client_config(), "group.id": group, "enable.auto.commit": False})
 
 
-def end_offsets(settings: PipelineSettings, topic: str) -> Offsets:
+def end_offsets_of(settings: PipelineSettings, topics: list[str]) -> dict[str, Offsets]:
+    """Each topic's end offsets per partition, read with one consumer."""
     consumer = _consumer(settings, "clickstream-live-inspector")
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        if metadata.error is not None:
-            raise RuntimeError(f"topic {topic}: {metadata.error.str()} (`make up` creates the pipeline's topics)")
-        return {p: watermark_offsets(consumer, TopicPartition(topic, p))[1] for p in metadata.partitions}
+        ends = {}
+        for topic in topics:
+            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+            if metadata.error is not None:
+                raise RuntimeError(f"topic {topic}: {metadata.error.str()} (`make up` creates the pipeline's topics)")
+            ends[topic] = {p: watermark_offsets(consumer, TopicPartition(topic, p))[1] for p in metadata.partitions}
+        return ends
     finally:
         consumer.close()
+
+
+def end_offsets(settings: PipelineSettings, topic: str) -> Offsets:
+    return end_offsets_of(settings, [topic])[topic]
 
 
 def committed_offsets(settings: PipelineSettings, topic: str, partitions: list[int]) -> Offsets:
@@ -200,10 +208,11 @@ def _progress(settings: PipelineSettings, start: Offsets, end: Offsets, outputs_
     committed = {**start, **committed_offsets(settings, topic, list(end))}
     done = sum(max(0, committed.get(p, 0) - start.get(p, 0)) for p in end)
     lag = sum(max(0, end_p - committed.get(p, 0)) for p, end_p in end.items())
-    produced = []
-    for name, before in outputs_before.items():
-        now = end_offsets(settings, settings.topic(name))
-        produced.append(f"{name}={sum(now.values()) - sum(before.values())}")
+    now = end_offsets_of(settings, [settings.topic(name) for name in outputs_before])
+    produced = [
+        f"{name}={sum(now[settings.topic(name)].values()) - sum(before.values())}"
+        for name, before in outputs_before.items()
+    ]
     return f"completely written {done} (lag {lag}) | produced " + " ".join(produced)
 
 
@@ -293,7 +302,8 @@ def run_live(
         kinds = Counter(r.kind for r in records)
         say(f"published {len(records)} records to {topic}: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
     input_end = end_offsets(settings, topic)
-    outputs_before = {name: end_offsets(settings, settings.topic(name)) for name in settings.output_names()}
+    output_ends = end_offsets_of(settings, [settings.topic(name) for name in settings.output_names()])
+    outputs_before = {name: output_ends[settings.topic(name)] for name in settings.output_names()}
     say(
         f"reading {sum(input_end.values()) - sum(input_start.values())} records of {topic} "
         f"({'following' if follow else 'up to the end offsets at launch'}) on {pipeline_args[0]}"
