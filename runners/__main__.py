@@ -11,14 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, SettingsError, load_settings
 from ingestion.generator import GeneratorConfig
 from runners.live import run_live
 from runners.prism import PrismJobServer
-from runners.profiles import PreflightError, RunnerSettings, parse_runner, pipeline_args, preflight
+from runners.profiles import PreflightError, RunnerSettings, pipeline_args, preflight, runner_settings
 from runners.stack.process import StackError
 from runners.stack.settings import StackSettings
 from transforms.route import RouteRule
@@ -73,24 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _runner_settings(name: str, overrides: list[str]) -> RunnerSettings:
-    values = {"runner": parse_runner(name)}
-    for override in overrides:
-        path, _, raw = override.partition("=")
-        values[path.removeprefix("runner.")] = yaml.safe_load(raw)
-    try:
-        return RunnerSettings.model_validate(values)
-    except ValidationError as err:
-        details = "; ".join(f"runner.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise SettingsError(f"invalid runner settings: {details}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runner_overrides = [o for o in args.overrides if o.startswith("runner.")]
     try:
         settings = load_settings(args.config, tuple(o for o in args.overrides if not o.startswith("runner.")))
-        runner = _runner_settings(args.runner, runner_overrides)
+        runner = runner_settings(args.runner, runner_overrides)
         if runner.runner == "direct":
             raise PreflightError(
                 "the direct profile runs the DirectRunner unit tests (make test), not the live pipeline: "

@@ -68,6 +68,7 @@ class PrismJobServer:
         self.name = name
         self._host = stack.host
         self._port = stack.prism_port
+        self._ui_port = stack.prism_ui_port
         self._binary = binary
         self._proc = ManagedProcess(name)
 
@@ -78,6 +79,10 @@ class PrismJobServer:
     @property
     def endpoint(self) -> str:
         return self.address
+
+    def ui_url(self, job_id: str) -> str:
+        """The job's page in Prism's web UI (which binds localhost only)."""
+        return f"http://{self._host}:{self._ui_port}/job/{job_id}"
 
     @property
     def pid(self) -> int | None:
@@ -94,7 +99,7 @@ class PrismJobServer:
             if self._binary is None:
                 self.install()
             self._proc.start(
-                [str(self._binary), f"--job_port={self._port}", "--serve_http=false", "--log_level=warn"],
+                [str(self._binary), f"--job_port={self._port}", f"--web_port={self._ui_port}", "--log_level=warn"],
             )
         wait_until(lambda: port_open(self._host, self._port), 30, f"{self.name} job service", self._proc.log_file)
 

@@ -15,12 +15,14 @@ from typing import Any, Literal, get_args
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
+import yaml
 from apache_beam.runners.internal.names import BEAM_SDK_NAME
 from apache_beam.transforms.external import JavaJarExpansionService
 from apache_beam.utils.subprocess_server import JavaHelper, JavaJarServer
 from apache_beam.version import __version__ as BEAM_VERSION
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from beam_pipelines.settings import SettingsError
 from schemas import endpoints
 
 RunnerName = Literal["direct", "prism", "flink", "dataflow"]
@@ -80,7 +82,12 @@ class RunnerSettings(BaseModel):
     project: str | None = Field(None, description="Dataflow: Google Cloud project id.")
     region: str | None = Field(None, description="Dataflow: regional endpoint, e.g. europe-west1.")
     temp_location: str | None = Field(None, description="Dataflow: gs:// path for temporary files.")
-    job_name: str | None = Field(None, description="Dataflow: job name; None lets Beam generate one.")
+    job_name: str | None = Field(
+        None, description="Job name on every runner (Flink's job name; None lets Beam generate one)."
+    )
+    flink_savepoint_path: str | None = Field(
+        None, description="Flink: start from this savepoint (state of the job it replaces)."
+    )
 
     @model_validator(mode="after")
     def _environment_config_when_needed(self) -> "RunnerSettings":
@@ -95,6 +102,19 @@ def parse_runner(name: str) -> RunnerName:
     if runner not in RUNNERS:
         raise PreflightError(f"unknown RUNNER={name!r}: choose one of {', '.join(RUNNERS)}")
     return runner  # type: ignore[return-value]
+
+
+def runner_settings(name: str, overrides: list[str]) -> RunnerSettings:
+    """``RUNNER=`` plus ``runner.<field>=<yaml value>`` overrides -> validated settings (errors name the field)."""
+    values: dict[str, Any] = {"runner": parse_runner(name)}
+    for override in overrides:
+        path, _, raw = override.partition("=")
+        values[path.removeprefix("runner.")] = yaml.safe_load(raw)
+    try:
+        return RunnerSettings.model_validate(values)
+    except ValidationError as err:
+        details = "; ".join(f"runner.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise SettingsError(f"invalid runner settings: {details}") from None
 
 
 def flink_job_server_url(flink_version: str) -> str:
@@ -145,6 +165,9 @@ def pipeline_args(settings: RunnerSettings, prism_binary: Path | None = None) ->
         ]
         if settings.flink_job_server_jar:
             args.append(f"--flink_job_server_jar={settings.flink_job_server_jar}")
+        if settings.flink_savepoint_path:
+            # FlinkPipelineOptions.savepointPath, learned from the job server like --checkpointing_interval.
+            args.append(f"--savepoint_path={settings.flink_savepoint_path}")
     else:
         missing = _missing_dataflow_fields(settings)
         if missing:
@@ -155,8 +178,8 @@ def pipeline_args(settings: RunnerSettings, prism_binary: Path | None = None) ->
             f"--region={settings.region}",
             f"--temp_location={settings.temp_location}",
         ]
-        if settings.job_name:
-            args.append(f"--job_name={settings.job_name}")
+    if settings.job_name:
+        args.append(f"--job_name={settings.job_name}")
     if settings.streaming:
         args.append("--streaming")
     return args

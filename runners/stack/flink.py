@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from runners.flink_rest import FlinkRest, FlinkRestError
 from runners.stack.kafka import reap_if_exited
 from runners.stack.process import (
     STACK_DIR,
@@ -263,18 +264,21 @@ class Flink:
 
     def rest(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
         """One JSON call to the REST API (``path`` like ``/jobs/overview``); raises StackError on HTTP errors."""
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.rest_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as err:
-            raise StackError(f"{self.name}: {method} {path} -> {err.code}: {err.read()[:2000]!r}") from err
-        return json.loads(payload) if payload else None
+            return FlinkRest(self.rest_url, timeout).call(method, path, body)
+        except FlinkRestError as err:
+            raise StackError(f"{self.name}: {err}") from err
 
-    def submit_jar(self, jar: Path, entry_class: str, args: list[str] | None = None, parallelism: int = 2) -> str:
-        """Upload ``jar`` (``POST /jars/upload``) and run it (``POST /jars/<id>/run``); returns the job id."""
+    def submit_jar(
+        self,
+        jar: Path,
+        entry_class: str,
+        args: list[str] | None = None,
+        parallelism: int = 2,
+        savepoint_path: str | None = None,
+    ) -> str:
+        """Upload ``jar`` (``POST /jars/upload``) and run it (``POST /jars/<id>/run``), from ``savepoint_path``
+        if given (state restored, none of it dropped); returns the job id."""
         boundary = "----stack-flink-" + hashlib.sha256(jar.name.encode()).hexdigest()[:16]
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="jarfile"; filename="{jar.name}"\r\n'
@@ -290,6 +294,8 @@ class Flink:
             raise StackError(f"{self.name}: uploading {jar} failed: {err.code} {err.read()[:2000]!r}") from err
         jar_id = Path(uploaded["filename"]).name
         run = {"entryClass": entry_class, "programArgsList": list(args or []), "parallelism": parallelism}
+        if savepoint_path:
+            run |= {"savepointPath": savepoint_path, "allowNonRestoredState": False}
         return self.rest("POST", f"/jars/{jar_id}/run", run, timeout=120.0)["jobid"]
 
     def metrics_endpoints(self) -> list[str]:

@@ -17,6 +17,7 @@ class StackSettings(BaseModel):
     postgres_port: int = Field(endpoints.POSTGRES_PORT, description="PostgreSQL with the user profiles.")
     redis_port: int = Field(endpoints.REDIS_PORT, description="Redis with the product catalogue.")
     prism_port: int = Field(endpoints.PRISM_PORT, description="Prism's Beam job service (the local portable runner).")
+    prism_ui_port: int = Field(endpoints.PRISM_UI_PORT, description="Prism's web UI (jobs, their stages and metrics).")
 
     @classmethod
     def from_env(cls) -> "StackSettings":

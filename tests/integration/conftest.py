@@ -273,3 +273,56 @@ def lag_topic(kafka_broker: Kafka) -> str:
 
 
 # --- end of monitoring ------------------------------------------------------------------------------------------
+
+
+# --- Prism job service ---------------------------------------------------------------------------
+# Own component name (it-prism) and ports, so this fixture never touches a stack started by `make up`.
+
+from runners.prism import PrismJobServer  # noqa: E402
+
+RUNNER_STACK = StackSettings(
+    prism_port=int(os.environ.get("IT_PRISM_PORT", "18073")),
+    prism_ui_port=int(os.environ.get("IT_PRISM_UI_PORT", "18074")),
+)
+
+
+@pytest.fixture(scope="session")
+def prism() -> Iterator[PrismJobServer]:
+    """Prism's job service on its own port; stopped (by pid) at the end, whatever happened."""
+    server = PrismJobServer(RUNNER_STACK, name="it-prism")
+    try:
+        if server.pid is None:
+            require_free_port(RUNNER_STACK.host, RUNNER_STACK.prism_port, server.name)
+        server.install()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+
+from beam_pipelines.settings import load_settings  # noqa: E402
+from runners.stack.kafka import pipeline_topics  # noqa: E402
+
+
+@pytest.fixture
+def live_settings(kafka_broker, schema_registry_service, postgres_store, redis_store) -> PipelineSettings:
+    """Settings pointing at the test stack, with topics and a group of this test's own."""
+    run = uuid.uuid4().hex[:8]
+    base = load_settings()
+    topics = {name: f"it-{run}.{name}" for name in base.kafka.output_topics}
+    overrides = [
+        f"kafka.bootstrap_servers={KAFKA_STACK.kafka_bootstrap}",
+        f"kafka.input_topic=it-{run}.raw",
+        f"kafka.consumer_group=it-{run}-pipeline",
+        f"registry.url={KAFKA_STACK.registry_url}",
+        f"stores.postgres_dsn={postgres_store.dsn}",
+        f"stores.redis_url=redis://{STORES.host}:{STORES.redis_port}/0",
+        *(f"kafka.output_topics.{name}={topic}" for name, topic in topics.items()),
+    ]
+    settings = load_settings(overrides=tuple(overrides))
+    ensure_topics(KAFKA_STACK.kafka_bootstrap, pipeline_topics(settings), partitions=3)
+    return settings
+
+
+# --- end of Prism ------------------------------------------------------------------------------------

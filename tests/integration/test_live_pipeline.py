@@ -3,19 +3,16 @@
 Each test has its own topics and consumer group, so tests never see each other's records.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
-from beam_pipelines.settings import PipelineSettings, load_settings
+from beam_pipelines.settings import PipelineSettings
 from ingestion.generator import GeneratorConfig
 from runners.live import (
     committed_offsets,
@@ -28,52 +25,13 @@ from runners.live import (
 )
 from runners.prism import PrismJobServer
 from runners.profiles import RunnerSettings, pipeline_args
-from runners.stack.kafka import ensure_topics, pipeline_topics
-from runners.stack.process import require_free_port
-from runners.stack.settings import StackSettings
 from schemas.catalog import schema_json
 from schemas.records import to_avro
 from schemas.serde import ConfluentAvroSerde
-from tests.integration.conftest import KAFKA_STACK, STORES
 from tests.unit.conftest import make_event
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-PRISM_PORT = int(os.environ.get("IT_PRISM_PORT", "18073"))
-
-
-@pytest.fixture(scope="module")
-def prism() -> Iterator[PrismJobServer]:
-    """Prism's job service on its own port; stopped (by pid) at the end, whatever happened."""
-    server = PrismJobServer(StackSettings(prism_port=PRISM_PORT), name="it-prism")
-    try:
-        if server.pid is None:
-            require_free_port("127.0.0.1", PRISM_PORT, server.name)
-        server.install()
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def live_settings(kafka_broker, schema_registry_service, postgres_store, redis_store) -> PipelineSettings:
-    """Settings pointing at the test stack, with topics and a group of this test's own."""
-    run = uuid.uuid4().hex[:8]
-    base = load_settings()
-    topics = {name: f"it-{run}.{name}" for name in base.kafka.output_topics}
-    overrides = [
-        f"kafka.bootstrap_servers={KAFKA_STACK.kafka_bootstrap}",
-        f"kafka.input_topic=it-{run}.raw",
-        f"kafka.consumer_group=it-{run}-pipeline",
-        f"registry.url={KAFKA_STACK.registry_url}",
-        f"stores.postgres_dsn={postgres_store.dsn}",
-        f"stores.redis_url=redis://{STORES.host}:{STORES.redis_port}/0",
-        *(f"kafka.output_topics.{name}={topic}" for name, topic in topics.items()),
-    ]
-    settings = load_settings(overrides=tuple(overrides))
-    ensure_topics(KAFKA_STACK.kafka_bootstrap, pipeline_topics(settings), partitions=3)
-    return settings
 
 
 def _args(prism: PrismJobServer) -> list[str]:
