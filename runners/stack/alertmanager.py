@@ -93,6 +93,7 @@ class Alertmanager:
             if checked.returncode != 0:
                 raise StackError(f"{self.name}: {self.config} is invalid: {(checked.stdout + checked.stderr).strip()}")
             require_free_port(self._host, self.port, self.name)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
             argv = [
                 _binary("prometheus-alertmanager"),
                 f"--config.file={self.config}",

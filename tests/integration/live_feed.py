@@ -20,14 +20,16 @@ USERS, PRODUCTS = 300, 100
 
 class Feed:
     """Publishes ``rate`` records per second to ``topic`` in a thread until ``stop()``; ``bad_share`` of them are
-    garbage bytes (dead letters at decode). Both can change while it runs."""
+    garbage bytes (dead letters at decode). Both can change while it runs; rate 0 pauses it."""
 
     def __init__(self, bootstrap: str, topic: str, registry: SchemaRegistry, rate: float = 20.0) -> None:
         self.rate = rate
         self.bad_share = 0.0
         self.published = 0
         self._topic = topic
-        self._serde = ConfluentAvroSerde(registry, schema_json("clickstream_event"), subject=endpoints.value_subject(topic))
+        self._serde = ConfluentAvroSerde(
+            registry, schema_json("clickstream_event"), subject=endpoints.value_subject(topic)
+        )
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-feed", daemon=True)
@@ -44,6 +46,9 @@ class Feed:
     def _run(self) -> None:
         bad_due = 0.0
         for n in itertools.count():
+            while not self.rate:
+                if self._stop.wait(0.1):
+                    return
             if self._stop.wait(1.0 / self.rate):
                 return
             bad_due += self.bad_share
