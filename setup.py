@@ -25,6 +25,7 @@ setup(
             "ingestion",
             "kafkaio",
             "monitoring",
+            "telemetry",
             "benchmarks",
         ]
     ),
@@ -47,6 +48,8 @@ setup(
         # real enrichment stores
         "psycopg[binary]==3.3.9",
         "redis==8.1.0",
+        # monitoring.report: the run's throughput, latency and lag as a PNG without Grafana
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "dev": ["pytest==9.2.0", "ruff==0.17.6"],

@@ -28,6 +28,7 @@ from ingestion.signals import ConsumerLag, PrometheusLatency
 from schemas import endpoints
 from schemas.records import to_avro
 from schemas.registry import ConfluentRegistry
+from telemetry.endpoint import register_target
 
 _LOG = logging.getLogger("ingestion")
 
@@ -75,10 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--rejects", type=Path, help="append rejected events with their reasons here (JSON lines)")
     out.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (replay/generate; 0 = off)")
+    out.add_argument(
+        "--prometheus-targets",
+        type=Path,
+        help="write a file_sd entry for this process's /metrics into this directory (removed at exit), "
+        "so a Prometheus watching it scrapes the service only while it runs",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="HTTP endpoint: POST /v1/events with a JSON batch; GET /metrics")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8090)
+    serve.add_argument("--port", type=int, default=endpoints.INGESTION_PORT)
     replay = sub.add_parser("replay", help="publish a JSON-lines file (one event per line)")
     replay.add_argument("file", type=Path)
     generate = sub.add_parser("generate", help="publish synthetic events (seeded, deterministic)")
@@ -194,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
 
         from ingestion.http import create_app
 
+        if args.prometheus_targets:
+            register_target(args.prometheus_targets, "ingestion", f"{args.host}:{args.port}", {})
         uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
     else:
         if args.metrics_port:
             start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+            if args.prometheus_targets:
+                register_target(args.prometheus_targets, "ingestion", f"127.0.0.1:{args.metrics_port}", {})
         progress.start()
         source = _replay_lines(args.file) if args.command == "replay" else _generated(args)
         _pump(service, source, args.command, stopping)

@@ -6,8 +6,13 @@ unacknowledged after ``flush_timeout_seconds``: the runner then retries the bund
 re-delivered) instead of committing a bundle whose output is lost. At-least-once: a retried bundle
 may write records a second time; consumers dedupe by key / event id. Only then does it emit the
 ``Provenance`` of each record written (records of per-record outputs carry one), for ``CommitOffsets``.
+
+Each acknowledgement also counts ``clickstream_written_total`` and, for records made from an input record,
+observes ``clickstream_end_to_end_latency_seconds``: that record's Kafka timestamp to this acknowledgement.
 """
 
+import functools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +23,8 @@ from confluent_kafka import KafkaError, Producer
 
 from kafkaio.config import ClientConfig
 from schemas.records import OutputRecord, Provenance
+from telemetry.endpoint import serve_worker_metrics
+from telemetry.metrics import END_TO_END_SECONDS, WRITTEN
 
 _PRODUCER_DEFAULTS = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"}
 
@@ -35,6 +42,9 @@ class _WriteFn(beam.DoFn):
     def setup(self) -> None:
         self._producer = Producer({**_PRODUCER_DEFAULTS, **self._client.resolve()})
         self._written = beam.metrics.Metrics.counter("kafkaio", f"records_written[{self._topic}]")
+        self._written_total = WRITTEN.labels(self._topic)
+        self._latency = END_TO_END_SECONDS.labels(self._topic)
+        serve_worker_metrics()
 
     def start_bundle(self) -> None:
         self._failed: list[KafkaError] = []
@@ -42,18 +52,23 @@ class _WriteFn(beam.DoFn):
         self._sent = 0
         self._written_provenance: list[WindowedValue] = []
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+    def _on_delivery(self, input_timestamp_ms: int | None, err: KafkaError | None, _msg: Any) -> None:
         if err is None:
             self._acked += 1
+            self._written_total.inc()
+            if input_timestamp_ms is not None:
+                self._latency.observe(max(0.0, time.time() - input_timestamp_ms / 1000.0))
         else:
             self._failed.append(err)
 
     def process(
         self, record: OutputRecord, timestamp: Timestamp = beam.DoFn.TimestampParam, window: Any = beam.DoFn.WindowParam
     ) -> None:
+        input_ms = record.provenance.input_timestamp_ms if record.provenance is not None else None
+        on_delivery = functools.partial(self._on_delivery, input_ms)
         while True:
             try:
-                self._producer.produce(self._topic, value=record.value, key=record.key, on_delivery=self._on_delivery)
+                self._producer.produce(self._topic, value=record.value, key=record.key, on_delivery=on_delivery)
                 break
             except BufferError:  # local queue full: serve delivery reports, then try again (never drop)
                 self._producer.poll(0.1)

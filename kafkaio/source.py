@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kafkaio.config import ClientConfig
 from schemas.records import KafkaRecord
+from telemetry.endpoint import serve_worker_metrics
+from telemetry.metrics import RECORDS_IN
 
 #: OffsetRange end of an unbounded partition read.
 UNBOUNDED = sys.maxsize
@@ -319,6 +321,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         # partition -> (consumer, the offset it returns next)
         self._consumers: dict[KafkaPartition, tuple[Consumer, int]] = {}
         self._read = beam.metrics.Metrics.counter("kafkaio", f"records_read[{self._config.topic}]")
+        serve_worker_metrics()
 
     def teardown(self) -> None:
         for consumer, _ in self._consumers.values():
@@ -339,6 +342,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         at_end = False  # the consumer reached the partition's end offset (PARTITION_EOF)
         idle = False  # a poll returned nothing (no record yet: the partition may still be filling)
         budget = config.max_records_per_bundle
+        records_in = RECORDS_IN.labels(element.topic, str(element.partition))
         while not at_end and not idle and position < restriction.stop and position - restriction.start < budget:
             if time.monotonic() >= deadline:
                 break
@@ -359,7 +363,10 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
                     return
                 _, timestamp_ms = message.timestamp()
                 event_time = Timestamp(micros=timestamp_ms * 1000)  # the Kafka timestamp is the element's
-                record = KafkaRecord(message.key(), message.value(), element.topic, element.partition, offset, position)
+                record = KafkaRecord(
+                    message.key(), message.value(), element.topic, element.partition, offset, position, timestamp_ms
+                )
+                records_in.inc()
                 yield TimestampedValue(record, event_time)
                 watermark.advance(event_time)
                 position = offset + 1

@@ -31,7 +31,7 @@ from ingestion.consumer_lag import LagReader
 from schemas import endpoints
 
 LOG = logging.getLogger("monitoring.lag_exporter")
-DEFAULT_PORT = 9308  # the port conventionally used by Kafka exporters; monitoring/prometheus/prometheus.yml scrapes it
+DEFAULT_PORT = endpoints.LAG_EXPORTER_PORT  # the port conventionally used by Kafka exporters
 
 
 class LagCollector(Collector):

@@ -18,7 +18,10 @@ from ingestion.generator import GeneratorConfig
 from runners.live import run_live
 from runners.prism import PrismJobServer
 from runners.profiles import PreflightError, RunnerSettings, pipeline_args, preflight, runner_settings
+from runners.stack.postgres import postgres_dsn
 from runners.stack.process import StackError
+from runners.stack.prometheus import worker_metrics_env
+from runners.stack.redis import redis_url
 from runners.stack.settings import StackSettings
 from transforms.route import RouteRule
 
@@ -72,11 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stack_endpoints(stack: StackSettings) -> tuple[str, ...]:
+    """Overrides for the stack ports moved by STACK_* variables, so the pipeline uses the stack `make up` started
+    there (before the user's own --set, which still win)."""
+    moved = stack.model_fields_set
+    pairs = {
+        "kafka_port": f"kafka.bootstrap_servers={stack.kafka_bootstrap}",
+        "registry_port": f"registry.url={stack.registry_url}",
+        "postgres_port": f"stores.postgres_dsn={postgres_dsn(stack)}",
+        "redis_port": f"stores.redis_url={redis_url(stack)}",
+    }
+    return tuple(override for field, override in pairs.items() if field in moved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runner_overrides = [o for o in args.overrides if o.startswith("runner.")]
+    stack = StackSettings.from_env()
     try:
-        settings = load_settings(args.config, tuple(o for o in args.overrides if not o.startswith("runner.")))
+        overrides = (*_stack_endpoints(stack), *(o for o in args.overrides if not o.startswith("runner.")))
+        settings = load_settings(args.config, overrides)
         runner = runner_settings(args.runner, runner_overrides)
         if runner.runner == "direct":
             raise PreflightError(
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if runner.runner == "prism" and runner.prism_job_endpoint is None:
-        server = PrismJobServer(StackSettings.from_env(), binary=runner.prism_location)
+        server = PrismJobServer(stack, binary=runner.prism_location)
         try:
             server.install()
             server.start()
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = runner.model_copy(update={"prism_job_endpoint": server.endpoint})
     if settings.kafka.sasl_password:  # read by the LOOPBACK workers of this process, never put in the graph
         os.environ[SASL_PASSWORD_ENV] = settings.kafka.sasl_password.get_secret_value()
+    if runner.environment_type == "LOOPBACK":  # the workers are this process: /metrics, found by the stack's Prometheus
+        for name, value in worker_metrics_env(stack).items():
+            os.environ.setdefault(name, value)
     generator = GeneratorConfig(seed=args.seed, events=args.events) if args.events > 0 else None
     return run_live(settings, pipeline_args(runner), generator, follow=args.follow, duration_seconds=args.duration)
 

@@ -29,6 +29,7 @@ from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
 from kafkaio import ClientConfig, CommitOffsets, ReadConfig, ReadFromKafka, WriteToKafka
 from kafkaio.source import watermark_offsets
+from runners import beam_metrics
 from runners.reconcile import InputRecord, Reconciliation, reconcile
 from schemas.catalog import schema_json
 from schemas.registry import ConfluentRegistry, SchemaRegistry
@@ -344,7 +345,9 @@ def run_live(
         return 1
     if follow or duration_seconds is not None:
         say(_progress(settings, input_start, end_offsets(settings, topic), outputs_before))
+        say(beam_metrics.render(beam_metrics.read_beam_metrics(result)))
         return 0
     summary = summarize(settings, registry, input_start, input_end, outputs_before, seconds)
     say(summary.render())
+    say(beam_metrics.render(beam_metrics.read_beam_metrics(result)))
     return 0 if summary.reconciliation.ok else 1

@@ -26,6 +26,8 @@ class KafkaRecord(NamedTuple):
     #: The reader's position before this record: lower than ``offset`` when the offsets between hold no
     #: record (compaction, transaction markers). None means ``offset``.
     covers_from: Optional[int] = None
+    #: The Kafka timestamp (epoch ms): where end-to-end latency is measured from.
+    timestamp_ms: Optional[int] = None
 
 
 class Provenance(NamedTuple):
@@ -42,6 +44,8 @@ class Provenance(NamedTuple):
     offset: int
     part: int
     parts: int
+    #: The input record's Kafka timestamp (epoch ms), for the sinks' end-to-end latency.
+    input_timestamp_ms: Optional[int] = None
 
     @classmethod
     def of(cls, record: KafkaRecord) -> Optional["Provenance"]:
@@ -49,7 +53,7 @@ class Provenance(NamedTuple):
         if record.topic is None or record.partition is None or record.offset is None:
             return None
         covers_from = record.offset if record.covers_from is None else record.covers_from
-        return cls(record.topic, record.partition, covers_from, record.offset, 0, 1)
+        return cls(record.topic, record.partition, covers_from, record.offset, 0, 1, record.timestamp_ms)
 
     @staticmethod
     def split(provenance: Optional["Provenance"], part: int, parts: int) -> Optional["Provenance"]:

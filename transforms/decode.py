@@ -12,6 +12,8 @@ from apache_beam.transforms.window import TimestampedValue
 
 from schemas.records import ClickEvent, KafkaRecord, SourcedEvent, TrackedDeadLetter, from_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
+from telemetry import metrics
+from telemetry.endpoint import serve_worker_metrics
 from transforms.dead_letters import dead_letter
 from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
@@ -31,15 +33,20 @@ class _DecodeFn(beam.DoFn):
         self._ok = counter(STAGE, "ok")
         self._failed = counter(STAGE, "dead_letter")
 
+    def setup(self):
+        serve_worker_metrics()
+
     def process(self, record: KafkaRecord):
         try:
             event = from_avro(ClickEvent, self._serde.decode(record.value))
         except SerdeError as err:
             self._failed.inc()
             counter(STAGE, f"dead_letter_{err.code}").inc()
+            metrics.DEAD_LETTERS.labels(STAGE, err.code).inc()
             yield pvalue.TaggedOutput(_DEAD, dead_letter(STAGE, err.code, str(err), record.value, record))
             return
         self._ok.inc()
+        metrics.DECODED.inc()
         yield TimestampedValue(SourcedEvent(event, record), event.event_time / 1000.0)
 
 

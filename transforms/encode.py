@@ -15,6 +15,8 @@ from apache_beam import pvalue
 
 from schemas.records import TRACKED_TYPES, OutputRecord, TrackedDeadLetter, to_avro
 from schemas.serde import ConfluentAvroSerde, SerdeError
+from telemetry import metrics
+from telemetry.endpoint import serve_worker_metrics
 from transforms.dead_letters import dead_letter
 from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
@@ -36,6 +38,9 @@ class _EncodeFn(beam.DoFn):
         self._key_fn = key_fn
         self._output = output
 
+    def setup(self):
+        serve_worker_metrics()
+
     def process(self, element: Any):
         record, provenance = (
             (element.record, element.provenance) if isinstance(element, TRACKED_TYPES) else (element, None)
@@ -44,6 +49,7 @@ class _EncodeFn(beam.DoFn):
             value = self._serde.encode(to_avro(record))
         except SerdeError as err:
             counter(STAGE, f"{self._output}_dead_letter").inc()
+            metrics.DEAD_LETTERS.labels(STAGE, err.code).inc()
             original = json.dumps(to_avro(record), default=repr).encode()
             reason = f"output {self._output}: {err}"
             yield pvalue.TaggedOutput(_DEAD, dead_letter(STAGE, err.code, reason, original, provenance=provenance))

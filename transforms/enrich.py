@@ -41,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from schemas.records import ClickEvent, EnrichedEvent, Product, Provenance, TrackedEnriched, TrackedEvent, UserProfile
+from telemetry import metrics
+from telemetry.endpoint import serve_worker_metrics
 from transforms.stage_metrics import counter, distribution
 
 STAGE = "enrich"
@@ -299,7 +301,8 @@ class _Lookup:
             attempts += 1
             counts["store_calls"] += 1
             counts["retries"] += attempts > 1
-            return await asyncio.wait_for(self._handler.lookup(key), config.lookup_timeout_seconds)
+            with metrics.LOOKUP_SECONDS.labels(self._handler.name).time():
+                return await asyncio.wait_for(self._handler.lookup(key), config.lookup_timeout_seconds)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(config.max_retries + 1),
@@ -421,6 +424,8 @@ class _EnrichFn(beam.DoFn):
         self._status_counters = {status: counter(STAGE, f"status_{status}") for status in STATUSES}
         self._latency_ms = distribution(STAGE, "latency_ms")
         self._pending: deque[tuple[concurrent.futures.Future, Provenance | None, Timestamp, Any]] = deque()
+        self._statuses = {status: metrics.ENRICHED.labels(status) for status in STATUSES}
+        serve_worker_metrics()
 
     def start_bundle(self) -> None:
         self._pending.clear()
@@ -453,6 +458,7 @@ class _EnrichFn(beam.DoFn):
             if value:
                 self._counters[name].inc(value)
         self._status_counters[outcome.enriched.enrichment_status].inc()
+        self._statuses[outcome.enriched.enrichment_status].inc()
         self._latency_ms.update(max(0, int(time.time() * 1000) - outcome.started_ms))
         return WindowedValue(TrackedEnriched(outcome.enriched, provenance), timestamp, (window,))
 

@@ -10,6 +10,8 @@ from apache_beam import pvalue
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import EnrichedEvent, Provenance, TrackedEnriched
+from telemetry import metrics
+from telemetry.endpoint import serve_worker_metrics
 from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 
@@ -46,11 +48,14 @@ class _RouteFn(beam.DoFn):
 
     def setup(self):
         self._counters = {name: counter(STAGE, name) for name in self._route_names}
+        self._routed = {name: metrics.ROUTED.labels(name) for name in self._route_names}
+        serve_worker_metrics()
 
     def process(self, tracked: TrackedEnriched):
         routes = [rule.name for rule in self._rules if rule.matches(tracked.record)] or [self._default]
         for part, route in enumerate(routes):
             self._counters[route].inc()
+            self._routed[route].inc()
             copy = TrackedEnriched(tracked.record, Provenance.split(tracked.provenance, part, len(routes)))
             yield pvalue.TaggedOutput(route, copy)
 

@@ -14,6 +14,8 @@ from apache_beam import pvalue
 
 from schemas.records import Provenance, SourcedEvent, TrackedDeadLetter, TrackedEvent
 from schemas.rules import ValidationConfig, filter_reason, rejection
+from telemetry import metrics
+from telemetry.endpoint import serve_worker_metrics
 from transforms.dead_letters import dead_letter
 from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
@@ -38,6 +40,7 @@ class _ValidateFn(beam.DoFn):
 
     def setup(self):
         self._bots = re.compile(self._config.bot_user_agent_pattern)
+        serve_worker_metrics()
 
     def process(self, item: SourcedEvent):
         event = item.event
@@ -46,6 +49,7 @@ class _ValidateFn(beam.DoFn):
             code, reason = rejected
             self._invalid.inc()
             counter(STAGE, f"dead_letter_{code}").inc()
+            metrics.DEAD_LETTERS.labels(STAGE, code).inc()
             yield pvalue.TaggedOutput(
                 _DEAD, dead_letter(STAGE, code, f"event {event.event_id}: {reason}", item.source.value, item.source)
             )
@@ -54,9 +58,11 @@ class _ValidateFn(beam.DoFn):
         if why:
             self._filtered.inc()
             counter(STAGE, f"filtered_{why}").inc()
+            metrics.FILTERED.labels(why).inc()
             yield pvalue.TaggedOutput(_FILTERED, TrackedEvent(event, Provenance.of(item.source)))
             return
         self._valid.inc()
+        metrics.VALID.inc()
         yield TrackedEvent(event, Provenance.of(item.source))
 
 

@@ -12,14 +12,17 @@ from beam_pipelines.settings import PipelineSettings, load_settings
 from runners.stack.process import Component, StackError
 from runners.stack.settings import StackSettings
 
-#: Start order; ``down`` stops in reverse. Kafka is built with the pipeline's settings (its topics), every
-#: other component as ``Cls(stack_settings)``.
+#: Start order; ``down`` stops in reverse. Kafka (its topics) and the lag exporter (the group and topic it
+#: watches) are built with the pipeline's settings, every other component as ``Cls(stack_settings)``.
 KAFKA = "runners.stack.kafka:Kafka"
+LAG_EXPORTER = "runners.stack.lag_exporter:LagExporter"
 COMPONENTS = (
     KAFKA,
     "runners.stack.registry:SchemaRegistry",
     "runners.stack.postgres:Postgres",
     "runners.stack.redis:Redis",
+    LAG_EXPORTER,
+    "runners.stack.alertmanager:Alertmanager",
     "runners.stack.prometheus:Prometheus",
     "runners.prism:PrismJobServer",
 )
@@ -32,7 +35,7 @@ def components(stack: StackSettings, pipeline: PipelineSettings, with_flink: boo
     for spec in (*COMPONENTS, FLINK) if with_flink else COMPONENTS:
         module, cls = spec.split(":")
         component = getattr(importlib.import_module(module), cls)
-        built.append(component(stack, pipeline) if spec == KAFKA else component(stack))
+        built.append(component(stack, pipeline) if spec in (KAFKA, LAG_EXPORTER) else component(stack))
     return built
 
 

@@ -3,8 +3,12 @@
 Not the system service: ``install()`` only makes sure the binaries (``prometheus``, ``promtool``) exist;
 ``start()`` runs ``prometheus --config.file=... --storage.tsdb.path=.stack/<name>/data
 --web.listen-address=127.0.0.1:<port>`` as a ``ManagedProcess``, so ``make down`` stops exactly this server.
-The default configuration is ``monitoring/prometheus/prometheus.yml`` (with its alert rules); tests pass their
-own. ``start()`` checks the configuration with ``promtool check config`` first, so a broken file fails with
+The default configuration is rendered from ``StackSettings`` by ``render_config`` (every port from one model)
+into ``.stack/<name>/prometheus.yml``, with the alert rules of ``monitoring/prometheus/rules/``; tests pass their
+own. What is not at a fixed address is discovered from files (``file_sd_configs``) under
+``.stack/<name>/targets/<job>/``: pipeline workers write theirs (``telemetry.endpoint``), and so does an
+ingestion service started with ``--prometheus-targets``, so a process that is not running is not a target.
+``start()`` checks the configuration with ``promtool check config`` first, so a broken file fails with
 promtool's message instead of a process that exits.
 """
 
@@ -17,8 +21,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from runners.stack.process import (
     REPO_ROOT,
+    STACK_DIR,
     Health,
     ManagedProcess,
     StackError,
@@ -28,10 +35,12 @@ from runners.stack.process import (
     wait_until,
 )
 from runners.stack.settings import StackSettings
-from schemas import endpoints
+from telemetry import endpoint
 
-DEFAULT_CONFIG = REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+RULES = REPO_ROOT / "monitoring" / "prometheus" / "rules" / "*.yml"
 START_TIMEOUT_S = 60.0
+#: Jobs whose targets are discovered from files: job -> the subdirectory of ``targets_dir()`` they read.
+DISCOVERED_JOBS = {"pipeline-workers": "workers", "ingestion": "ingestion"}
 #: Loopback traffic never goes through an HTTP proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -59,6 +68,62 @@ def amtool(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run([_binary("amtool"), *args], capture_output=True, text=True, timeout=timeout)
 
 
+def targets_dir(name: str = "prometheus") -> Path:
+    """Where Prometheus ``name`` reads its file-discovered targets (one subdirectory per job)."""
+    return STACK_DIR / name / "targets"
+
+
+def worker_metrics_env(stack: StackSettings, name: str = "prometheus") -> dict[str, str]:
+    """The environment that makes pipeline workers serve /metrics and register with Prometheus ``name``."""
+    return {
+        endpoint.HOST_ENV: stack.host,
+        endpoint.PORT_ENV: str(stack.worker_metrics_port),
+        endpoint.TARGETS_ENV: str(targets_dir(name) / DISCOVERED_JOBS["pipeline-workers"]),
+    }
+
+
+def render_config(
+    stack: StackSettings,
+    *,
+    targets: Path,
+    rules: tuple[str, ...] = (str(RULES),),
+    interval: str = "5s",
+    alertmanager: bool = True,
+) -> dict[str, Any]:
+    """The scrape and alerting configuration of a Prometheus on ``stack``'s ports.
+
+    Static targets are the processes ``make up`` starts (Prometheus itself, Alertmanager, the lag exporter);
+    pipeline workers and the ingestion service are discovered from ``targets/<job>/*.json``. Workers are
+    scraped every 2 s: a ``make run`` lasts seconds, and its workers exit with it.
+    """
+    host = stack.host
+
+    def static(job: str, port: int) -> dict[str, Any]:
+        return {"job_name": job, "static_configs": [{"targets": [f"{host}:{port}"]}]}
+
+    jobs = [static("prometheus", stack.prometheus_port), static("lag-exporter", stack.lag_exporter_port)]
+    if alertmanager:
+        jobs.append(static("alertmanager", stack.alertmanager_port))
+    for job, directory in DISCOVERED_JOBS.items():
+        jobs.append(
+            {
+                "job_name": job,
+                **({"scrape_interval": "2s", "scrape_timeout": "2s"} if job == "pipeline-workers" else {}),
+                "file_sd_configs": [{"files": [str(targets / directory / "*.json")], "refresh_interval": "5s"}],
+            }
+        )
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+        "rule_files": list(rules),
+        "scrape_configs": jobs,
+    }
+    if alertmanager:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": [f"{host}:{stack.alertmanager_port}"]}]}]
+        }
+    return config
+
+
 class Prometheus:
     """The stack's Prometheus on loopback; scrapes what its config file lists and evaluates its rules."""
 
@@ -67,12 +132,14 @@ class Prometheus:
         stack: StackSettings,
         *,
         name: str = "prometheus",
-        port: int = endpoints.PROMETHEUS_PORT,
+        port: int | None = None,
         config: Path | None = None,
     ) -> None:
         self.name = name
-        self.port = port
-        self.config = Path(config or DEFAULT_CONFIG)
+        self.port = stack.prometheus_port if port is None else port
+        self._stack = stack
+        self._rendered = config is None
+        self.config = Path(config) if config else stack_path(name, "prometheus.yml")
         self._host = stack.host
         self._proc = ManagedProcess(name)
         self.data_dir = stack_path(name, "data", ".keep").parent
@@ -100,6 +167,12 @@ class Prometheus:
             binary = _binary("prometheus")
             if binary is None:
                 raise StackError(f"{self.name}: prometheus is not installed; run install() (`make up`) first")
+            if self._rendered:
+                targets = targets_dir(self.name)
+                for directory in DISCOVERED_JOBS.values():
+                    (targets / directory).mkdir(parents=True, exist_ok=True)
+                    endpoint.prune_targets(targets / directory)
+                self.config.write_text(yaml.safe_dump(render_config(self._stack, targets=targets), sort_keys=False))
             checked = promtool("check", "config", str(self.config))
             if checked.returncode != 0:
                 raise StackError(f"{self.name}: {self.config} is invalid: {(checked.stdout + checked.stderr).strip()}")

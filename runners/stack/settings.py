@@ -18,6 +18,16 @@ class StackSettings(BaseModel):
     redis_port: int = Field(endpoints.REDIS_PORT, description="Redis with the product catalogue.")
     prism_port: int = Field(endpoints.PRISM_PORT, description="Prism's Beam job service (the local portable runner).")
     prism_ui_port: int = Field(endpoints.PRISM_UI_PORT, description="Prism's web UI (jobs, their stages and metrics).")
+    prometheus_port: int = Field(endpoints.PROMETHEUS_PORT, description="Prometheus (UI and HTTP API).")
+    alertmanager_port: int = Field(endpoints.ALERTMANAGER_PORT, description="Alertmanager (UI and HTTP API).")
+    alert_webhook_port: int = Field(
+        endpoints.ALERT_WEBHOOK_PORT, description="Where the local Alertmanager delivers (POST /<receiver>)."
+    )
+    lag_exporter_port: int = Field(endpoints.LAG_EXPORTER_PORT, description="Consumer-lag exporter's /metrics.")
+    ingestion_port: int = Field(endpoints.INGESTION_PORT, description="Ingestion service (POST /v1/events, /metrics).")
+    worker_metrics_port: int = Field(
+        0, ge=0, description="/metrics of each pipeline worker; 0: a free port each, found by file-based discovery."
+    )
 
     @classmethod
     def from_env(cls) -> "StackSettings":

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ from runners.live import build_live_pipeline, registry_for
 from runners.prism import PrismJobServer
 from runners.profiles import PreflightError, RunnerSettings, pipeline_args, preflight
 from runners.stack.process import REPO_ROOT, ManagedProcess, stack_path
+from runners.stack.prometheus import worker_metrics_env
 from runners.stack.settings import StackSettings
 from runners.templates.jobs import TERMINAL, JobService, JobServiceError
 from runners.templates.spec import Template
@@ -267,15 +269,20 @@ def host_request(request: LaunchRequest, runner: RunnerSettings) -> str:
     )
 
 
-def _start(request: LaunchRequest, runner: RunnerSettings, runs: PrismJobs | FlinkJobs, deadline: float) -> Job:
+def _start(
+    request: LaunchRequest, runner: RunnerSettings, runs: PrismJobs | FlinkJobs, stack: StackSettings, deadline: float
+) -> Job:
     """Submit the job and return it as the runner lists it. LOOPBACK jobs are submitted by a detached host
-    process that stays their SDK worker (the launcher exits, the job must not); others are submitted here."""
+    process that stays their SDK worker (the launcher exits, the job must not) and serves their /metrics for
+    the stack's Prometheus; others are submitted here."""
     before = {job.job_id for job in runs.jobs()}
     hosted = runner.environment_type == "LOOPBACK"
     process = host_process(runner, request.job_name)
     if hosted:
         process.stop()  # a host whose job ended is on its way out; never two for one name
-        process.start([sys.executable, "-m", "runners.templates", "host", host_request(request, runner)], cwd=REPO_ROOT)
+        metrics = {name: os.environ.get(name, value) for name, value in worker_metrics_env(stack).items()}
+        command = [sys.executable, "-m", "runners.templates", "host", host_request(request, runner)]
+        process.start(command, env=metrics, cwd=REPO_ROOT)
     else:
         try:
             submit(request, runner)
@@ -322,10 +329,12 @@ def launch(request: LaunchRequest, stack: StackSettings) -> Outcome:
     except PreflightError as err:
         raise failed(FAILED, str(err)) from None
     with contextlib.closing(jobs_of(runner, stack, request.timeout)) as runs:
-        return _launch(request, runner, runs, deadline)
+        return _launch(request, runner, runs, stack, deadline)
 
 
-def _launch(request: LaunchRequest, runner: RunnerSettings, runs: PrismJobs | FlinkJobs, deadline: float) -> Outcome:
+def _launch(
+    request: LaunchRequest, runner: RunnerSettings, runs: PrismJobs | FlinkJobs, stack: StackSettings, deadline: float
+) -> Outcome:
     runs.check()
     wanted = json.loads(request.parameters.model_dump_json())
     with name_lock(runner.runner, request.job_name, request.timeout):
@@ -350,7 +359,7 @@ def _launch(request: LaunchRequest, runner: RunnerSettings, runs: PrismJobs | Fl
                 runner = runner.model_copy(update={"flink_savepoint_path": stopped["savepoint"]})
                 replaced["savepoint"] = stopped["savepoint"]
         try:
-            job = _start(request, runner, runs, deadline)
+            job = _start(request, runner, runs, stack, deadline)
         except Outcome as outcome:
             raise failed(outcome.code, outcome.document["error"], **replaced) from None
         state = runs.wait_running(job.job_id, max(deadline - time.monotonic(), 0.0))

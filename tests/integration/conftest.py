@@ -300,7 +300,6 @@ def prism() -> Iterator[PrismJobServer]:
         server.stop()
 
 
-
 from beam_pipelines.settings import load_settings  # noqa: E402
 from runners.stack.kafka import pipeline_topics  # noqa: E402
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runners.stack.prometheus import amtool, promtool
+from runners.stack.alertmanager import render_config as alertmanager_config
+from runners.stack.prometheus import amtool, promtool, render_config
+from runners.stack.settings import StackSettings
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 RULES = MONITORING / "prometheus" / "rules" / "pipeline-alerts.yml"
 RULE_TESTS = sorted((MONITORING / "prometheus" / "tests").glob("*.yml"))
-CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 ALERTMANAGER = MONITORING / "alertmanager" / "alertmanager.yml"
 RUNBOOKS = MONITORING / "runbooks"
 
@@ -51,9 +52,38 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(_alerts()) + 1} rules found" in output  # the alerts + one recording rule
 
 
-def test_promtool_check_config() -> None:
-    output = _ok(promtool("check", "config", str(CONFIG)))
-    assert "is valid prometheus config file syntax" in output
+def test_the_stack_prometheus_config_is_valid_and_uses_only_the_settings_ports(tmp_path: Path) -> None:
+    stack = StackSettings(prometheus_port=29090, alertmanager_port=29094, lag_exporter_port=29308)
+    config = render_config(stack, targets=tmp_path / "targets", rules=(str(RULES),))
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    assert "is valid prometheus config file syntax" in _ok(promtool("check", "config", str(path)))
+    static = {
+        job["job_name"]: job["static_configs"][0]["targets"]
+        for job in config["scrape_configs"]
+        if "static_configs" in job
+    }
+    assert static == {
+        "prometheus": ["127.0.0.1:29090"],
+        "lag-exporter": ["127.0.0.1:29308"],
+        "alertmanager": ["127.0.0.1:29094"],
+    }
+    discovered = {job["job_name"] for job in config["scrape_configs"] if "file_sd_configs" in job}
+    assert discovered == {"pipeline-workers", "ingestion"}
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:29094"]
+
+
+@pytest.mark.parametrize(("severity", "receiver"), [("page", "pagerduty"), ("warning", "warning-webhook")])
+def test_the_stack_alertmanager_keeps_the_routing_and_delivers_each_route_to_its_webhook(
+    tmp_path: Path, severity: str, receiver: str
+) -> None:
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(alertmanager_config("http://127.0.0.1:29095", {"group_wait": "1s"})))
+    _ok(amtool("check-config", str(path)))
+    routed = _ok(amtool("config", "routes", "test", f"--config.file={path}", f"severity={severity}"))
+    assert routed.splitlines()[0] == receiver  # (amtool then warns that no --alertmanager.url is given)
+    receivers = {r["name"]: r["webhook_configs"][0]["url"] for r in yaml.safe_load(path.read_text())["receivers"]}
+    assert receivers[receiver] == f"http://127.0.0.1:29095/{receiver}"
 
 
 def test_promtool_rule_unit_tests_pass() -> None:
@@ -74,8 +104,8 @@ def test_alert_has_severity_annotations_and_runbook(alert: dict) -> None:
     assert alert["labels"]["severity"] in {"page", "warning"}
     annotations = alert["annotations"]
     assert {"summary", "description", "runbook_url"} <= set(annotations)
-    assert annotations["runbook_url"].endswith(f"/monitoring/runbooks/{name}.md")
-    runbook = RUNBOOKS / f"{name}.md"
+    assert annotations["runbook_url"] == f"monitoring/runbooks/{name}.md"  # a path in this repository
+    runbook = MONITORING.parent / annotations["runbook_url"]
     assert runbook.is_file(), f"missing runbook {runbook}"
     text = runbook.read_text()
     assert text.startswith(f"# {name}")

@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
     "schemas",
+    "telemetry",
     "transforms",
     "beam_pipelines",
     "kafkaio",
@@ -21,13 +22,23 @@ PACKAGES = (
 #: package -> the other project packages it may import. Lower layers never import upper ones.
 ALLOWED: dict[str, set[str]] = {
     "schemas": set(),
+    "telemetry": set(),  # prometheus-client only: the workers' metrics, counted by transforms and the Kafka IO
     "schema_registry": {"schemas"},  # schemas.endpoints only (its default ports)
-    "transforms": {"schemas"},
-    "kafkaio": {"schemas"},
+    "transforms": {"schemas", "telemetry"},
+    "kafkaio": {"schemas", "telemetry"},
     "beam_pipelines": {"schemas", "transforms"},
-    "ingestion": {"schemas"},
+    "ingestion": {"schemas", "telemetry"},  # file_sd registration of its /metrics
     "monitoring": {"schemas", "ingestion"},  # the lag exporter shares ingestion's consumer-lag reader
-    "runners": {"schemas", "transforms", "beam_pipelines", "kafkaio", "ingestion", "schema_registry", "monitoring"},
+    "runners": {
+        "schemas",
+        "telemetry",
+        "transforms",
+        "beam_pipelines",
+        "kafkaio",
+        "ingestion",
+        "schema_registry",
+        "monitoring",
+    },
 }
 
 

@@ -34,8 +34,8 @@ _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 REQUIRED_METRICS = {
     "overview.json": {
         "ingestion_events_published_total",
-        "flink_taskmanager_job_task_operator_numRecordsOutPerSecond",
-        "flink_taskmanager_job_task_operator_numRecordsSend",
+        "clickstream_records_in_total",
+        "clickstream_written_total",
         "ingestion_publish_latency_seconds_bucket",
         "clickstream_end_to_end_latency_seconds_bucket",
         "kafka_consumergroup_lag",

@@ -254,7 +254,7 @@ def test_bounded_range_emits_every_record_with_its_kafka_timestamp_and_completes
 
     assert values == [
         TimestampedValue(
-            KafkaRecord(f"k{n}".encode(), f"v{n}".encode(), TOPIC, 2, n, n),
+            KafkaRecord(f"k{n}".encode(), f"v{n}".encode(), TOPIC, 2, n, n, BASE_MS + 1000 * n),
             Timestamp(micros=(BASE_MS + 1000 * n) * 1000),
         )
         for n in range(5)
