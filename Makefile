@@ -10,9 +10,10 @@ RUN_ARGS ?=
 EVENTS ?= 3000
 SEED ?= 7
 PYTEST_ARGS ?=
+ARGS ?= --help
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lint run bench clean up down status
+.PHONY: help setup test test-unit lint run bench clean up down status template
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +50,9 @@ ifeq ($(RUNNER),prism)
 	$(BIN)/python -m runners.stack up
 endif
 	$(BIN)/python -m runners --runner '$(RUNNER)' --events $(EVENTS) --seed $(SEED) $(if $(FOLLOW),--follow) $(if $(DURATION),--duration $(DURATION)) $(RUN_ARGS)
+
+template: setup ## Template jobs for schedulers: make template ARGS="launch clickstream --job-name clicks" (status, list, stop, describe)
+	$(BIN)/python -m runners.templates $(ARGS)
 
 bench: setup ## Print the benchmark tables (coders; publish throughput and enrichment, which need `make up`)
 	$(BIN)/python -m benchmarks.coders

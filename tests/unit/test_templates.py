@@ -5,14 +5,19 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from runners.templates.__main__ import build_parser, main
 from runners.templates.dataflow import FlexTemplateMetadata, flex_template_metadata
+from runners.templates.launch import JOB_NAME
 from runners.templates.spec import CLICKSTREAM, ParameterError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "runners" / "templates" / "examples"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, dict]:
@@ -156,3 +161,65 @@ def test_help_lists_the_commands_and_exit_codes() -> None:
     text = build_parser().format_help()
     for word in ("launch", "status", "list", "stop", "describe", "flex-metadata", "2 bad parameters", "4 timed out"):
         assert word in text
+
+
+# --- the Kubernetes CronJob example, checked structurally (the fields used, with their types and rules) ------
+
+
+class _Container(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=DNS_LABEL)
+    image: str = Field(pattern=r"^[^\s:]+(:[\w.-]+)?$")
+    command: list[str]
+    args: list[str]
+    resources: dict[str, dict[str, str]]
+
+
+class _PodSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    restartPolicy: Literal["Never", "OnFailure"]  # noqa: N815 (Kubernetes' field names)
+    containers: list[_Container] = Field(min_length=1)
+
+
+class _PodTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metadata: dict[str, dict[str, str]]
+    spec: _PodSpec
+
+
+class _JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backoffLimit: int = Field(ge=0)  # noqa: N815
+    activeDeadlineSeconds: int = Field(gt=0)  # noqa: N815
+    template: _PodTemplate
+
+
+class _CronJobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schedule: str
+    concurrencyPolicy: Literal["Forbid"]  # noqa: N815 (two launches of one job name must not overlap)
+    startingDeadlineSeconds: int = Field(gt=0)  # noqa: N815
+    successfulJobsHistoryLimit: int = Field(ge=0)  # noqa: N815
+    failedJobsHistoryLimit: int = Field(ge=0)  # noqa: N815
+    jobTemplate: dict[Literal["spec"], _JobSpec]  # noqa: N815
+
+
+class _CronJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    apiVersion: Literal["batch/v1"]  # noqa: N815
+    kind: Literal["CronJob"]
+    metadata: dict[str, str | dict[str, str]]
+    spec: _CronJobSpec
+
+
+def test_cronjob_manifest_is_a_valid_cronjob_calling_the_launcher_with_valid_arguments() -> None:
+    manifest = _CronJob.model_validate(yaml.safe_load((EXAMPLES / "clickstream-cronjob.yaml").read_text()))
+    assert re.match(DNS_LABEL, manifest.metadata["name"])
+    fields = manifest.spec.schedule.split()
+    assert len(fields) == 5 and all(re.match(r"^(\*|\d+)([-/,]\d+)*(/\d+)?$|^\*/\d+$", f) for f in fields), fields
+    container = manifest.spec.jobTemplate["spec"].template.spec.containers[0]
+    assert container.command == ["python", "-m", "runners.templates"]
+    args = build_parser().parse_args(container.args)
+    assert args.command == "launch" and args.runner == "flink"
+    CLICKSTREAM.parse([p.removeprefix("--param=") for p in container.args if p.startswith("--param=")])
+    assert re.match(JOB_NAME, args.job_name)
