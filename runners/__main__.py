@@ -7,14 +7,13 @@ reconcile, 2 bad settings or a runner that cannot start here (pre-flight).
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, SettingsError, load_settings
+from beam_pipelines.settings import DEFAULT_CONFIG, SettingsError, load_settings
 from ingestion.generator import GeneratorConfig
 from runners.live import run_live
 from runners.prism import PrismJobServer
@@ -109,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         runner = runner.model_copy(update={"prism_job_endpoint": server.endpoint})
-    if settings.kafka.sasl_password:  # read by the LOOPBACK workers of this process, never put in the graph
-        os.environ[SASL_PASSWORD_ENV] = settings.kafka.sasl_password.get_secret_value()
     generator = GeneratorConfig(seed=args.seed, events=args.events) if args.events > 0 else None
     return run_live(settings, pipeline_args(runner), generator, follow=args.follow, duration_seconds=args.duration)
 

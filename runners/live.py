@@ -9,6 +9,7 @@ progress every few seconds, then reads every output topic back and reconciles by
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from apache_beam.runners.runner import PipelineState
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from beam_pipelines.clickstream import Lookups, build_pipeline, output_contract
-from beam_pipelines.settings import PipelineSettings
+from beam_pipelines.settings import POSTGRES_DSN_ENV, REGISTRY_AUTH_ENV, PipelineSettings
 from ingestion.generator import GeneratedRecord, GeneratorConfig, generate
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
@@ -32,6 +33,7 @@ from kafkaio.source import watermark_offsets
 from runners.reconcile import InputRecord, Reconciliation, reconcile
 from schemas.catalog import schema_json
 from schemas.registry import ConfluentRegistry, SchemaRegistry
+from schemas.secrets import EnvSecret
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.lookups import PostgresUserLookup, RedisProductLookup
 
@@ -41,8 +43,15 @@ _TERMINAL = {PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED, 
 
 
 def registry_for(settings: PipelineSettings) -> ConfluentRegistry:
-    auth = settings.registry.basic_auth.get_secret_value() if settings.registry.basic_auth else None
+    """The registry client for this process and the graph: its credentials by environment variable only."""
+    auth = EnvSecret(REGISTRY_AUTH_ENV) if settings.registry.basic_auth else None
     return ConfluentRegistry(settings.registry.url, auth)
+
+
+def export_worker_secrets(settings: PipelineSettings) -> None:
+    """Put the credentials where this process's LOOPBACK workers (and its own clients) read them."""
+    for env, secret in settings.worker_secrets().items():
+        os.environ[env] = secret.get_secret_value()
 
 
 def kafka_client(settings: PipelineSettings) -> ClientConfig:
@@ -161,7 +170,7 @@ def build_live_pipeline(
         ReadConfig(topic=settings.kafka.input_topic, group_id=settings.kafka.consumer_group, stop_at_end=not follow),
     )
     lookups = Lookups(
-        PostgresUserLookup(settings.stores.postgres_dsn.get_secret_value()),
+        PostgresUserLookup(EnvSecret(POSTGRES_DSN_ENV)),
         RedisProductLookup(settings.stores.redis_url),
     )
     pipeline = beam.Pipeline(options=options)
@@ -294,6 +303,7 @@ def run_live(
     say: Callable[[str], None] = print,
 ) -> int:
     """Publish ``generator``'s sample (if any), run the pipeline, summarise; the exit code says if it reconciled."""
+    export_worker_secrets(settings)
     registry = registry_for(settings)
     topic = settings.kafka.input_topic
     input_start = start_offsets(settings, topic)
