@@ -51,7 +51,7 @@ class _RouteFn(beam.DoFn):
         routes = [rule.name for rule in self._rules if rule.matches(tracked.record)] or [self._default]
         for part, route in enumerate(routes):
             self._counters[route].inc()
-            copy = TrackedEnriched(tracked.record, Provenance.split(tracked.provenance, part, len(routes)))
+            copy = tracked._replace(provenance=Provenance.split(tracked.provenance, part, len(routes)))
             yield pvalue.TaggedOutput(route, copy)
 
 

@@ -54,10 +54,10 @@ class _ValidateFn(beam.DoFn):
         if why:
             self._filtered.inc()
             counter(STAGE, f"filtered_{why}").inc()
-            yield pvalue.TaggedOutput(_FILTERED, TrackedEvent(event, Provenance.of(item.source)))
+            yield pvalue.TaggedOutput(_FILTERED, TrackedEvent(event, Provenance.of(item.source), item.source))
             return
         self._valid.inc()
-        yield TrackedEvent(event, Provenance.of(item.source))
+        yield TrackedEvent(event, Provenance.of(item.source), item.source)
 
 
 class ValidateEvents(beam.PTransform[beam.PCollection[SourcedEvent], ValidationResult]):
