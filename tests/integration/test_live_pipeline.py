@@ -3,7 +3,6 @@
 Each test has its own topics and consumer group, so tests never see each other's records.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -35,11 +34,12 @@ from schemas.catalog import schema_json
 from schemas.records import to_avro
 from schemas.serde import ConfluentAvroSerde
 from tests.integration.conftest import KAFKA_STACK, STORES
+from tests.ports import port_for
 from tests.unit.conftest import make_event
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-PRISM_PORT = int(os.environ.get("IT_PRISM_PORT", "18073"))
+PRISM_PORT = port_for("IT_PRISM_PORT")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def prism() -> Iterator[PrismJobServer]:
     """Prism's job service on its own port; stopped (by pid) at the end, whatever happened."""
     server = PrismJobServer(StackSettings(prism_port=PRISM_PORT), name="it-prism")
     try:
-        if server.pid is None:
-            require_free_port("127.0.0.1", PRISM_PORT, server.name)
+        server.stop()
+        require_free_port("127.0.0.1", PRISM_PORT, server.name)
         server.install()
         server.start()
         yield server
