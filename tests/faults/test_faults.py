@@ -15,23 +15,6 @@ def table():
     print("\n".join(RESULTS))
 
 
-def test_broker_stopped_for_20s(fault_stack):
-    run_case("broker stopped 20 s", fault_stack, fault_stack.kafka.stop, fault_stack.kafka.start)
-
-
-def test_registry_stopped_for_20s(fault_stack):
-    rec = run_case("registry stopped 20 s", fault_stack, fault_stack.registry.stop, fault_stack.registry.start)
-    assert rec.dead_lettered < rec.records_in * 0.1  # only the sample's own bad records, none for the outage
-
-
-def test_redis_stopped_and_restarted(fault_stack):
-    run_case("redis stopped 20 s", fault_stack, fault_stack.redis.stop, fault_stack.redis.start)
-
-
-def test_postgres_stopped_and_restarted(fault_stack):
-    run_case("postgres stopped 20 s", fault_stack, fault_stack.postgres.stop, fault_stack.postgres.start)
-
-
 def test_prism_killed_and_the_job_started_again(fault_stack):
     def restart(pipeline) -> None:
         pipeline.stop()  # the launcher's job failed with Prism
