@@ -21,7 +21,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from beam_pipelines.clickstream import Lookups, build_pipeline, output_contract
 from beam_pipelines.settings import POSTGRES_DSN_ENV, REGISTRY_AUTH_ENV, PipelineSettings
@@ -212,7 +212,24 @@ class LiveSummary:
         return "\n".join(lines)
 
 
-def _progress(settings: PipelineSettings, start: Offsets, end: Offsets, outputs_before: dict[str, Offsets]) -> str:
+def _progress(
+    settings: PipelineSettings, start: Offsets, end: Offsets | None, outputs_before: dict[str, Offsets]
+) -> str:
+    """The progress line (``end``: the input's end offsets now when None), or why it is unavailable.
+
+    Best effort on purpose: the launcher hosts the LOOPBACK workers, so an exception here during a broker
+    outage would end the job that is waiting the outage out.
+    """
+    try:
+        end = end or end_offsets(settings, settings.kafka.input_topic)
+        return _progress_counts(settings, start, end, outputs_before)
+    except (KafkaException, RuntimeError) as err:
+        return f"progress unavailable ({err})"
+
+
+def _progress_counts(
+    settings: PipelineSettings, start: Offsets, end: Offsets, outputs_before: dict[str, Offsets]
+) -> str:
     topic = settings.kafka.input_topic
     committed = {**start, **committed_offsets(settings, topic, list(end))}
     done = sum(max(0, committed.get(p, 0) - start.get(p, 0)) for p in end)
@@ -336,7 +353,7 @@ def run_live(
                 result.cancel()
                 break
             if time.monotonic() >= next_progress:
-                end = end_offsets(settings, topic) if follow else input_end
+                end = None if follow else input_end
                 say(f"[{time.monotonic() - started:6.1f}s] " + _progress(settings, input_start, end, outputs_before))
                 next_progress += progress_seconds
         try:
@@ -353,7 +370,7 @@ def run_live(
     if state == PipelineState.FAILED:
         return 1
     if follow or duration_seconds is not None:
-        say(_progress(settings, input_start, end_offsets(settings, topic), outputs_before))
+        say(_progress(settings, input_start, None, outputs_before))
         return 0
     summary = summarize(settings, registry, input_start, input_end, outputs_before, seconds)
     say(summary.render())
