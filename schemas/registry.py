@@ -95,11 +95,13 @@ class ConfluentRegistry:
 
     def _call(self, what: str, call):
         """``call(client)``; 404 -> ``SchemaNotFoundError``, unreachable or 5xx -> ``RegistryUnavailableError``,
-        any other refusal (401, 409, 422) raised as the client's error."""
+        any other refusal (401, 409, 422) raised as the client's error. A missing credential
+        (``MissingSecretError``) is raised as it is: waiting would not bring it."""
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+        client = self._get_client()
         try:
-            return call(self._get_client())
+            return call(client)
         except SchemaRegistryError as err:
             status = err.http_status_code
             if status == 404:
