@@ -254,8 +254,8 @@ def _input_records(
     serde = ConfluentAvroSerde(registry, schema_json("clickstream_event"))
     records = []
     for message in read_range(settings, settings.kafka.input_topic, start, end):
-        try:
-            event_id = serde.decode(message.value())["event_id"]
+        try:  # a tombstone (no value) is a record too: the pipeline dead-letters it
+            event_id = serde.decode(message.value() or b"")["event_id"]
         except SerdeError:
             event_id = None
         records.append(InputRecord(message.partition(), message.offset(), event_id))
