@@ -220,6 +220,7 @@ def run_case(
     print(RESULTS[-1], rec.line(), f"(launcher exit {code}, unacknowledged by Kafka {unacked})")
     print(f"  enrichment {dict(summary.enrichment)}; dead letters {dict(summary.dead_letter_codes)}")
     assert rec.ok, rec.line()
+    assert code == 0, f"the launcher did not end cleanly (exit {code}):\n{pipeline.tail()}"
     assert not rec.lost and rec.records_in == sum(end.values())
     log = log_file.read_text(errors="replace")
     password = urlsplit(stack.postgres.dsn).password
