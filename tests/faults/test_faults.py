@@ -45,7 +45,9 @@ def _degraded_share(summary: LiveSummary) -> float:
 
 def test_postgres_stopped_and_restarted(fault_stack):
     summary = run_case("postgres stopped 20 s", fault_stack, fault_stack.postgres.stop, fault_stack.postgres.start)
-    assert summary.enrichment["enriched"] > 0 and _degraded_share(summary) > 0.10  # 46 % measured
+    # Twice the share without a store fault; 8 %, 26 % and 46 % measured: it depends on how many users the
+    # enrichment cache already holds when PostgreSQL stops.
+    assert summary.enrichment["enriched"] > 0 and _degraded_share(summary) > 0.05
 
 
 def test_postgres_slower_than_the_lookup_timeout(fault_stack):
@@ -65,7 +67,7 @@ def test_postgres_slower_than_the_lookup_timeout(fault_stack):
 
 def test_redis_stopped_and_restarted(fault_stack):
     summary = run_case("redis stopped 20 s", fault_stack, fault_stack.redis.stop, fault_stack.redis.start)
-    assert summary.enrichment["enriched"] > 0 and _degraded_share(summary) > 0.04  # 6.7 % measured (cache hits)
+    assert summary.enrichment["enriched"] > 0 and _degraded_share(summary) > 0.04  # 6.5 %, 6.7 % measured
 
 
 def test_prism_killed_and_the_job_started_again(fault_stack):
