@@ -26,6 +26,7 @@ from schemas.serde import ConfluentAvroSerde
 from transforms.decode import DecodeEvents
 from transforms.encode import EncodeRecords
 from transforms.enrich import EnrichEvents, LookupHandler
+from transforms.infra_retry import InfraRetryConfig
 from transforms.route import RouteEvents
 from transforms.sessions import UserSessions
 from transforms.stage_metrics import counter
@@ -102,7 +103,7 @@ class BuiltPipeline(NamedTuple):
 
 
 def _encoded_dead_letters(
-    label: str, parts: list[beam.PCollection], serde: ConfluentAvroSerde
+    label: str, parts: list[beam.PCollection], serde: ConfluentAvroSerde, retry: InfraRetryConfig
 ) -> tuple[beam.PCollection, beam.PCollection]:
     """One dead-letter stream from ``parts``: (encoded records, provenance of dead letters that could not be)."""
     # Dead letters of windowed outputs carry their windows; the dead-letter stream is not windowed.
@@ -110,7 +111,7 @@ def _encoded_dead_letters(
         pcoll | f"Unwindow[{label}/{i}]" >> beam.WindowInto(GlobalWindows()) for i, pcoll in enumerate(parts)
     ] | f"Collect[{label}]" >> beam.Flatten()
     encoded = collected | f"Encode[{label}]" >> EncodeRecords(
-        serde, OUTPUT_CONTRACTS["dead_letters"].key, "dead_letters"
+        serde, OUTPUT_CONTRACTS["dead_letters"].key, "dead_letters", retry
     )
     lost = encoded.dead_letters | f"CountUnencodable[{label}]" >> beam.ParDo(_CountDeadLetterLoss()).with_output_types(
         Provenance
@@ -128,7 +129,9 @@ def build_pipeline(
 ) -> BuiltPipeline:
     """Adds the whole graph to ``p`` and writes every output through ``sink``."""
     records = p | "ReadInput" >> source
-    decoded = records | "Decode" >> DecodeEvents(ConfluentAvroSerde(registry, schema_json("clickstream_event")))
+    decoded = records | "Decode" >> DecodeEvents(
+        ConfluentAvroSerde(registry, schema_json("clickstream_event")), settings.decode, settings.infrastructure
+    )
     validated = decoded.events | "Validate" >> ValidateEvents(settings.validation)
     enriched = validated.valid | "Enrich" >> EnrichEvents(settings.enrichment, lookups.users, lookups.products)
 
@@ -145,7 +148,7 @@ def build_pipeline(
     for name, pcoll in typed_outputs.items():
         contract = output_contract(name, settings)
         serde = _output_serde(registry, contract.contract, settings.topic(name))
-        encoded = pcoll | f"Encode[{name}]" >> EncodeRecords(serde, contract.key, name)
+        encoded = pcoll | f"Encode[{name}]" >> EncodeRecords(serde, contract.key, name, settings.infrastructure)
         dead_letters[contract.aggregate].append(encoded.dead_letters)
         writes.append(_Write(name, name, encoded.records, contract.aggregate))
 
@@ -155,7 +158,7 @@ def build_pipeline(
     written = []
     for of_aggregates, parts in dead_letters.items():
         label = f"dead_letters/{'aggregates' if of_aggregates else 'records'}"
-        records, lost = _encoded_dead_letters(label, parts, dlq_serde)
+        records, lost = _encoded_dead_letters(label, parts, dlq_serde, settings.infrastructure)
         if not of_aggregates:
             written.append(lost)
         writes.append(_Write("dead_letters", label, records, of_aggregates))

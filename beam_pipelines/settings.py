@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from schemas import endpoints
 from schemas.rules import ValidationConfig
+from transforms.decode import DecodeConfig
 from transforms.enrich import EnrichmentConfig
+from transforms.infra_retry import InfraRetryConfig
 from transforms.route import RouteRule
 from transforms.sessions import SessionWindowConfig
 from transforms.windowed_metrics import TumblingWindowConfig
@@ -21,8 +23,10 @@ DEFAULT_CONFIG = Path(__file__).parent / "config" / "clickstream.yaml"
 
 #: Outputs that exist whatever the routing rules say.
 FIXED_OUTPUTS = ("window_metrics", "sessions", "filtered", "dead_letters")
-#: Environment variable the SASL password is read from on workers (never pickled into the graph).
+#: Environment variables workers read credentials from (never pickled into the graph: ``schemas.secrets``).
 SASL_PASSWORD_ENV = "CLICKSTREAM_KAFKA_SASL_PASSWORD"
+REGISTRY_AUTH_ENV = "CLICKSTREAM_REGISTRY_BASIC_AUTH"
+POSTGRES_DSN_ENV = "CLICKSTREAM_POSTGRES_DSN"
 
 
 class SettingsError(ValueError):
@@ -97,6 +101,8 @@ class PipelineSettings(_Frozen):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     stores: StoreSettings = Field(default_factory=StoreSettings)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    infrastructure: InfraRetryConfig = Field(default_factory=InfraRetryConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     enrichment: EnrichmentConfig = Field(default_factory=EnrichmentConfig)
     windows: TumblingWindowConfig = Field(default_factory=TumblingWindowConfig)
@@ -115,6 +121,15 @@ class PipelineSettings(_Frozen):
         if missing:
             raise ValueError(f"kafka.output_topics has no topic for output(s) {missing}")
         return self
+
+    def worker_secrets(self) -> dict[str, SecretStr]:
+        """Environment variable -> credential, for the launcher to export to its (LOOPBACK) workers."""
+        secrets = {
+            SASL_PASSWORD_ENV: self.kafka.sasl_password,
+            REGISTRY_AUTH_ENV: self.registry.basic_auth,
+            POSTGRES_DSN_ENV: self.stores.postgres_dsn,
+        }
+        return {env: value for env, value in secrets.items() if value is not None}
 
     def route_names(self) -> list[str]:
         """Every route's output, the default route last."""

@@ -21,6 +21,7 @@ import redis
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
+from pydantic import SecretStr
 
 from ingestion.generator import GeneratorConfig, product_id, user_id
 from runners.profiles import RunnerSettings, pipeline_args
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     config = EnrichmentConfig()
 
     def ours(users_dsn: str) -> Callable[[], beam.PTransform]:
-        users: LookupHandler = PostgresUserLookup(users_dsn)
+        users: LookupHandler = PostgresUserLookup(SecretStr(users_dsn))
         return lambda: EnrichEvents(config, users, RedisProductLookup(url))
 
     cases = [

@@ -23,7 +23,7 @@ from ingestion.generator import GeneratorConfig, events
 from ingestion.limiter import AimdRateLimiter, LimiterSettings
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
-from ingestion.service import IngestionService
+from ingestion.service import ACK_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS, IngestionService
 from ingestion.signals import ConsumerLag, PrometheusLatency
 from schemas import endpoints
 from schemas.records import to_avro
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="HTTP endpoint: POST /v1/events with a JSON batch; GET /metrics")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=endpoints.INGESTION_PORT)
+    serve.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=ACK_TIMEOUT_SECONDS,
+        help="seconds an answer waits for Kafka's acknowledgements (also the producer's delivery timeout, so an "
+        "event answered not_acknowledged has been given up)",
+    )
+    serve.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_SECONDS, help="408 after this")
     replay = sub.add_parser("replay", help="publish a JSON-lines file (one event per line)")
     replay.add_argument("file", type=Path)
     generate = sub.add_parser("generate", help="publish synthetic events (seeded, deterministic)")
@@ -181,11 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     client_config = {"bootstrap.servers": args.bootstrap}
     metrics = IngestionMetrics()
     limiter = _limiter(args, metrics, client_config)
+    delivery_timeout_ms = args.delivery_timeout_ms
+    if args.command == "serve":  # librdkafka gives up before the answer is sent: "not acknowledged" is final
+        delivery_timeout_ms = min(delivery_timeout_ms, int(args.ack_timeout * 1000))
     settings = ProducerSettings(
         linger_ms=args.linger_ms,
         batch_size=args.batch_size,
         compression=args.compression,
-        delivery_timeout_ms=args.delivery_timeout_ms,
+        delivery_timeout_ms=delivery_timeout_ms,
     )
     publisher = Publisher(client_config, args.topic, ConfluentRegistry(args.registry_url), settings, metrics, limiter)
     service = IngestionService(publisher, metrics, rejects_path=args.rejects)
@@ -203,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.prometheus_targets:
             register_target(args.prometheus_targets, "ingestion", f"{args.host}:{args.port}", {})
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+        # The handler waits a little longer than librdkafka's timeout, so every report arrives before the answer.
+        app = create_app(service, ack_timeout=args.ack_timeout + 1.0, body_timeout=args.body_timeout)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     else:
         if args.metrics_port:
             start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)

@@ -7,6 +7,7 @@ for "acknowledged"; ``flush()`` says how many are still in doubt, which decides 
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from confluent_kafka import KafkaError, Producer
@@ -22,6 +23,9 @@ from schemas.serde import ConfluentAvroSerde
 
 #: Event types whose per-user order matters downstream (funnels, sessions): keyed by user id.
 ORDERED_EVENT_TYPES = frozenset({"product_view", "add_to_cart", "checkout", "purchase"})
+
+#: Called once with the delivery report of one record: None when Kafka acknowledged it (acks=all).
+OnDelivery = Callable[[KafkaError | None], None]
 
 
 class ProducerSettings(BaseModel):
@@ -88,13 +92,15 @@ class Publisher:
     def key_for(self, event: ClickEvent) -> bytes | None:
         return event.user_id.encode() if event.event_type in self._settings.keyed_event_types else None
 
-    def publish(self, event: ClickEvent) -> None:
+    def publish(self, event: ClickEvent, on_delivery: OnDelivery | None = None) -> None:
         """Queue one event (waiting for the rate limiter and for queue space, never dropping it)."""
         if self._limiter:
             self._limiter.acquire()
-        self.publish_framed(self.key_for(event), self._serde.encode(to_avro(event)), event.event_time)
+        self.publish_framed(self.key_for(event), self._serde.encode(to_avro(event)), event.event_time, on_delivery)
 
-    def publish_framed(self, key: bytes | None, value: bytes, timestamp_ms: int) -> None:
+    def publish_framed(
+        self, key: bytes | None, value: bytes, timestamp_ms: int, on_delivery: OnDelivery | None = None
+    ) -> None:
         """Queue an already framed record with its Kafka timestamp (replays of recorded traffic, samples)."""
         sent_at = time.monotonic()
         while True:
@@ -104,7 +110,7 @@ class Publisher:
                     value=value,
                     key=key,
                     timestamp=timestamp_ms,
-                    on_delivery=lambda err, msg, t=sent_at: self._on_delivery(err, t),
+                    on_delivery=lambda err, msg, t=sent_at: self._on_delivery(err, t, on_delivery),
                 )
                 break
             except BufferError:
@@ -114,7 +120,7 @@ class Publisher:
         with self._lock:
             self.sent += 1
 
-    def _on_delivery(self, err: KafkaError | None, sent_at: float) -> None:
+    def _on_delivery(self, err: KafkaError | None, sent_at: float, then: OnDelivery | None) -> None:
         with self._delivered:
             if err is None:
                 self.acked += 1
@@ -126,6 +132,8 @@ class Publisher:
             self._metrics.publish_latency.observe(time.monotonic() - sent_at)
         else:
             self._metrics.publish_failures.labels(err.name()).inc()
+        if then is not None:
+            then(err)
 
     def _serve_reports(self) -> None:
         while not self._stop.is_set():

@@ -17,7 +17,6 @@ windows restart empty after a crash (Flink restores them from its checkpoint).
 
 import logging
 import threading
-import time
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -25,14 +24,32 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from kafkaio.config import ClientConfig
 from kafkaio.source import KafkaPartition, new_consumer
 from schemas.records import Provenance
 
 _LOG = logging.getLogger(__name__)
-_COMMIT_ATTEMPTS = 5
 _TIMEOUT_S = 10.0
+#: How long a commit (or the ledger's first read of the group's offset) is retried while the broker is down
+#: or its group coordinator moves; then the bundle fails, and only commits are lost (the records are re-read).
+_RETRY_S = 300.0
+
+
+def _retrying(what: str, seconds: float, initial_backoff: float) -> Retrying:
+    """Retries a ``KafkaException`` (a broker restart or coordinator move) with capped backoff for ``seconds``."""
+
+    def log(state) -> None:
+        _LOG.warning("%s failed (attempt %d): %s", what, state.attempt_number, state.outcome.exception())
+
+    return Retrying(
+        retry=retry_if_exception_type(KafkaException),
+        wait=wait_exponential(multiplier=initial_backoff, max=5.0),
+        stop=stop_after_delay(seconds),
+        before_sleep=log,
+        reraise=True,
+    )
 
 
 class AckLedger:
@@ -87,10 +104,18 @@ class _CommitFn(beam.DoFn):
 
     LEDGER = ReadModifyWriteStateSpec("ledger", PickleCoder())
 
-    def __init__(self, client: ClientConfig, group_id: str, shared: Shared) -> None:
+    def __init__(
+        self,
+        client: ClientConfig,
+        group_id: str,
+        shared: Shared,
+        retry_seconds: float = _RETRY_S,
+        initial_backoff_seconds: float = 0.2,
+    ) -> None:
         self._client = client
         self._group_id = group_id
         self._shared = shared
+        self._retry = (retry_seconds, initial_backoff_seconds)
 
     def setup(self) -> None:
         self._consumer: Consumer = new_consumer(self._client, self._group_id)
@@ -123,25 +148,23 @@ class _CommitFn(beam.DoFn):
         if not self._moved:
             return
         offsets = [TopicPartition(p.topic, p.partition, offset) for p, offset in self._moved.items()]
-        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
-            try:
-                failed = [tp for tp in self._consumer.commit(offsets=offsets, asynchronous=False) if tp.error]
-                if not failed:
-                    return
-                error = KafkaException(failed[0].error)
-            except KafkaException as err:  # a broker restart or coordinator move: retried, then the bundle fails
-                error = err
-            if attempt == _COMMIT_ATTEMPTS:
-                raise error
-            _LOG.warning("commit of %s failed (attempt %d): %s", offsets, attempt, error)
-            time.sleep(0.2 * 2**attempt)
+
+        def commit() -> None:
+            failed = [tp for tp in self._consumer.commit(offsets=offsets, asynchronous=False) if tp.error]
+            if failed:
+                raise KafkaException(failed[0].error)
+
+        _retrying(f"commit of {offsets}", *self._retry)(commit)
 
     def teardown(self) -> None:
         self._consumer.close()
 
     def _group_position(self, partition: KafkaPartition) -> int:
         """Where the ledger starts: the group's offset, which the reader set to its start offset."""
-        found = self._consumer.committed([TopicPartition(partition.topic, partition.partition)], timeout=_TIMEOUT_S)[0]
+        tp = TopicPartition(partition.topic, partition.partition)
+        found = _retrying(f"reading the group offset of {tp}", *self._retry)(
+            lambda: self._consumer.committed([tp], timeout=_TIMEOUT_S)[0]
+        )
         if found.error is not None:
             raise KafkaException(found.error)
         if found.offset < 0:

@@ -2,9 +2,10 @@
 acknowledged every record of it.
 
 ``finish_bundle`` flushes and raises ``KafkaWriteError`` if any record of the bundle failed or is still
-unacknowledged after ``flush_timeout_seconds``: the runner then retries the bundle (its input is
-re-delivered) instead of committing a bundle whose output is lost. At-least-once: a retried bundle
-may write records a second time; consumers dedupe by key / event id. Only then does it emit the
+unacknowledged after ``flush_timeout_seconds`` (300 s: a broker restart is waited out, librdkafka keeps
+retrying the records): the bundle fails instead of committing a bundle whose output is lost. Flink retries
+it; Prism fails the job, and the job started again re-reads what was not completely written. At-least-once: a
+retried bundle may write records a second time; consumers dedupe by key / event id. Only then does it emit the
 ``Provenance`` of each record written (records of per-record outputs carry one), for ``CommitOffsets``.
 
 Each acknowledgement also counts ``clickstream_written_total`` and, for records made from an input record,
@@ -96,7 +97,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[OutputRecord], beam.PCollect
     """Writes ``OutputRecord``s (key, Confluent-framed value) to ``topic``; returns the provenance of each
     record Kafka acknowledged."""
 
-    def __init__(self, topic: str, client: ClientConfig, flush_timeout_seconds: float = 60.0):
+    def __init__(self, topic: str, client: ClientConfig, flush_timeout_seconds: float = 300.0):
         super().__init__()
         self._topic = topic
         self._client = client

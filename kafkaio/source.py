@@ -20,8 +20,12 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
   than that are late data downstream.
 - New partitions of the topic are discovered every ``discovery_interval_seconds`` while running.
 - ``restriction_size`` reports the backlog (end offset - position) to the runner.
+- A broker that is down or restarting is waited out, not failed on: librdkafka reconnects by itself, so a
+  transient error (``is_transient``) ends the slice and the partition is polled again after a short delay;
+  partition discovery likewise tries again at its next interval. Only permanent errors fail the bundle.
 """
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -43,6 +47,7 @@ from schemas.records import KafkaRecord
 from telemetry.endpoint import serve_worker_metrics
 from telemetry.metrics import RECORDS_IN
 
+_LOG = logging.getLogger(__name__)
 #: OffsetRange end of an unbounded partition read.
 UNBOUNDED = sys.maxsize
 _METADATA_TIMEOUT_S = 10.0
@@ -52,6 +57,27 @@ _NO_LEADER_YET = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_PARTITION,
 }
+
+
+#: Errors that a broker outage or restart produces and that librdkafka recovers from by itself.
+_TRANSIENT = {
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT,
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._RESOLVE,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    *_NO_LEADER_YET,
+}
+_RETRY_DELAY_S = 1.0
+
+
+def is_transient(error: KafkaError) -> bool:
+    """True for an error that only says a broker cannot be reached right now."""
+    return error.code() in _TRANSIENT or error.retriable()
 
 
 class KafkaPartition(NamedTuple):
@@ -219,7 +245,14 @@ class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
         ),
     ) -> Iterator[KafkaPartition]:
         restriction = tracker.current_restriction()
-        count = min(self._clients.partition_count(), restriction.stop)
+        try:
+            count = min(self._clients.partition_count(), restriction.stop)
+        except KafkaException as err:
+            if restriction.stop != UNBOUNDED or not is_transient(err.args[0]):
+                raise
+            _LOG.warning("partition discovery of %s: %s; trying again later", self._config.topic, err)
+            tracker.defer_remainder(Duration(seconds=self._config.discovery_interval_seconds))
+            return
         for number in range(restriction.start, count):
             if not tracker.try_claim(number):
                 return
@@ -341,9 +374,16 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         deadline = time.monotonic() + config.max_bundle_seconds
         at_end = False  # the consumer reached the partition's end offset (PARTITION_EOF)
         idle = False  # a poll returned nothing (no record yet: the partition may still be filling)
+        broker_down = False  # a transient error: librdkafka reconnects, this partition is polled again later
         budget = config.max_records_per_bundle
         records_in = RECORDS_IN.labels(element.topic, str(element.partition))
-        while not at_end and not idle and position < restriction.stop and position - restriction.start < budget:
+        while (
+            not at_end
+            and not idle
+            and not broker_down
+            and position < restriction.stop
+            and position - restriction.start < budget
+        ):
             if time.monotonic() >= deadline:
                 break
             messages = consumer.consume(min(500, budget - (position - restriction.start)), config.poll_timeout_seconds)
@@ -351,10 +391,14 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)  # fails the bundle: the runner retries it, nothing is skipped
-                    at_end = True
-                    continue
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end = True
+                        continue
+                    if not is_transient(error):
+                        raise KafkaException(error)  # fails the bundle: nothing is skipped
+                    _LOG.warning("reading %s[%d]: %s; polling again", element.topic, element.partition, error)
+                    broker_down = True
+                    break
                 offset = message.offset()
                 if not tracker.try_claim(offset):  # the runner split the rest off: stop here
                     # The consumer already fetched past ``offset``: force a seek when the residual is read.
@@ -377,6 +421,10 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             # records) are claimed too, so the restriction is done.
             if position < restriction.stop:
                 tracker.try_claim(restriction.stop - 1)
+            return
+        if broker_down:  # records after the error in that batch were not emitted: seek back to ``position``
+            self._consumers[element] = (consumer, -1)
+            tracker.defer_remainder(Duration(seconds=_RETRY_DELAY_S))
             return
         caught_up = at_end or (idle and self._caught_up(consumer, element, position))
         if caught_up:  # an empty poll alone proves nothing: the fetch after a seek may simply not be back yet

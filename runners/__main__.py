@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
-from beam_pipelines.settings import DEFAULT_CONFIG, SASL_PASSWORD_ENV, SettingsError, load_settings
+from beam_pipelines.settings import DEFAULT_CONFIG, SettingsError, load_settings
 from ingestion.generator import GeneratorConfig
 from runners.live import run_live
 from runners.prism import PrismJobServer
@@ -114,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         runner = runner.model_copy(update={"prism_job_endpoint": server.endpoint})
-    if settings.kafka.sasl_password:  # read by the LOOPBACK workers of this process, never put in the graph
-        os.environ[SASL_PASSWORD_ENV] = settings.kafka.sasl_password.get_secret_value()
     if runner.environment_type == "LOOPBACK":  # the workers are this process: /metrics, found by the stack's Prometheus
         for name, value in worker_metrics_env(stack).items():
             os.environ.setdefault(name, value)

@@ -9,6 +9,7 @@ progress every few seconds, then reads every output topic back and reconciles by
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,10 +21,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from beam_pipelines.clickstream import Lookups, build_pipeline, output_contract
-from beam_pipelines.settings import PipelineSettings
+from beam_pipelines.settings import POSTGRES_DSN_ENV, REGISTRY_AUTH_ENV, PipelineSettings
 from ingestion.generator import GeneratedRecord, GeneratorConfig, generate
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
@@ -33,6 +34,7 @@ from runners import beam_metrics
 from runners.reconcile import InputRecord, Reconciliation, reconcile
 from schemas.catalog import schema_json
 from schemas.registry import ConfluentRegistry, SchemaRegistry
+from schemas.secrets import EnvSecret
 from schemas.serde import ConfluentAvroSerde, SerdeError
 from transforms.lookups import PostgresUserLookup, RedisProductLookup
 
@@ -42,8 +44,15 @@ _TERMINAL = {PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED, 
 
 
 def registry_for(settings: PipelineSettings) -> ConfluentRegistry:
-    auth = settings.registry.basic_auth.get_secret_value() if settings.registry.basic_auth else None
+    """The registry client for this process and the graph: its credentials by environment variable only."""
+    auth = EnvSecret(REGISTRY_AUTH_ENV) if settings.registry.basic_auth else None
     return ConfluentRegistry(settings.registry.url, auth)
+
+
+def export_worker_secrets(settings: PipelineSettings) -> None:
+    """Put the credentials where this process's LOOPBACK workers (and its own clients) read them."""
+    for env, secret in settings.worker_secrets().items():
+        os.environ[env] = secret.get_secret_value()
 
 
 def kafka_client(settings: PipelineSettings) -> ClientConfig:
@@ -162,7 +171,7 @@ def build_live_pipeline(
         ReadConfig(topic=settings.kafka.input_topic, group_id=settings.kafka.consumer_group, stop_at_end=not follow),
     )
     lookups = Lookups(
-        PostgresUserLookup(settings.stores.postgres_dsn.get_secret_value()),
+        PostgresUserLookup(EnvSecret(POSTGRES_DSN_ENV)),
         RedisProductLookup(settings.stores.redis_url),
     )
     pipeline = beam.Pipeline(options=options)
@@ -204,7 +213,24 @@ class LiveSummary:
         return "\n".join(lines)
 
 
-def _progress(settings: PipelineSettings, start: Offsets, end: Offsets, outputs_before: dict[str, Offsets]) -> str:
+def _progress(
+    settings: PipelineSettings, start: Offsets, end: Offsets | None, outputs_before: dict[str, Offsets]
+) -> str:
+    """The progress line (``end``: the input's end offsets now when None), or why it is unavailable.
+
+    Best effort on purpose: the launcher hosts the LOOPBACK workers, so an exception here during a broker
+    outage would end the job that is waiting the outage out.
+    """
+    try:
+        end = end or end_offsets(settings, settings.kafka.input_topic)
+        return _progress_counts(settings, start, end, outputs_before)
+    except (KafkaException, RuntimeError) as err:
+        return f"progress unavailable ({err})"
+
+
+def _progress_counts(
+    settings: PipelineSettings, start: Offsets, end: Offsets, outputs_before: dict[str, Offsets]
+) -> str:
     topic = settings.kafka.input_topic
     committed = {**start, **committed_offsets(settings, topic, list(end))}
     done = sum(max(0, committed.get(p, 0) - start.get(p, 0)) for p in end)
@@ -229,8 +255,8 @@ def _input_records(
     serde = ConfluentAvroSerde(registry, schema_json("clickstream_event"))
     records = []
     for message in read_range(settings, settings.kafka.input_topic, start, end):
-        try:
-            event_id = serde.decode(message.value())["event_id"]
+        try:  # a tombstone (no value) is a record too: the pipeline dead-letters it
+            event_id = serde.decode(message.value() or b"")["event_id"]
         except SerdeError:
             event_id = None
         records.append(InputRecord(message.partition(), message.offset(), event_id))
@@ -295,6 +321,7 @@ def run_live(
     say: Callable[[str], None] = print,
 ) -> int:
     """Publish ``generator``'s sample (if any), run the pipeline, summarise; the exit code says if it reconciled."""
+    export_worker_secrets(settings)
     registry = registry_for(settings)
     topic = settings.kafka.input_topic
     input_start = start_offsets(settings, topic)
@@ -327,7 +354,7 @@ def run_live(
                 result.cancel()
                 break
             if time.monotonic() >= next_progress:
-                end = end_offsets(settings, topic) if follow else input_end
+                end = None if follow else input_end
                 say(f"[{time.monotonic() - started:6.1f}s] " + _progress(settings, input_start, end, outputs_before))
                 next_progress += progress_seconds
         try:
@@ -344,7 +371,7 @@ def run_live(
     if state == PipelineState.FAILED:
         return 1
     if follow or duration_seconds is not None:
-        say(_progress(settings, input_start, end_offsets(settings, topic), outputs_before))
+        say(_progress(settings, input_start, None, outputs_before))
         say(beam_metrics.render(beam_metrics.read_beam_metrics(result)))
         return 0
     summary = summarize(settings, registry, input_start, input_end, outputs_before, seconds)

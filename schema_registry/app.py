@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import logging
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -467,8 +468,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _error(500, 50001, f"Internal error: {exc!r}")
+    """The detail goes to the server's log under an incident id; the client gets only the id, because an
+    exception's text can hold anything (a connection string, a schema under review, a stack frame's values)."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unexpected error %s on %s %s", incident, request.method, request.url.path)
+    return _error(500, 50001, f"Internal error (incident {incident}; see the registry's log)")
 
 
 ROUTES = [

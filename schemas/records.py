@@ -19,7 +19,7 @@ class KafkaRecord(NamedTuple):
     """A record as read at the pipeline's input edge (KafkaIO with metadata, or a test source)."""
 
     key: Optional[bytes]
-    value: bytes
+    value: Optional[bytes]  # None: a tombstone (dead-lettered by the decode stage)
     topic: Optional[str]
     partition: Optional[int]
     offset: Optional[int]
@@ -225,17 +225,20 @@ class SourcedEvent(NamedTuple):
 
 
 class TrackedEvent(NamedTuple):
-    """A valid (or filtered) event and the input record it completes."""
+    """A valid (or filtered) event, the input record it completes, and that record as read: a later stage's
+    dead letter (e.g. an output that cannot be encoded) carries the original Kafka bytes, so it can be re-driven."""
 
     record: ClickEvent
     provenance: Optional[Provenance]
+    source: Optional[KafkaRecord] = None
 
 
 class TrackedEnriched(NamedTuple):
-    """An enriched event and the input record (and route) it completes."""
+    """An enriched event, the input record (and route) it completes, and that record as read."""
 
     record: EnrichedEvent
     provenance: Optional[Provenance]
+    source: Optional[KafkaRecord] = None
 
 
 class TrackedDeadLetter(NamedTuple):

@@ -2,13 +2,17 @@
 
 Decoding resolves the writer's schema (fetched by id, parsed once and cached) against the reader
 schema the pipeline expects, so producers can evolve compatibly without redeploying the pipeline.
-Every failure raises a ``SerdeError`` subclass with a stable ``code`` that becomes the
-dead-letter ``error_code``.
+Every failure of a record raises a ``SerdeError`` subclass with a stable ``code`` that becomes the
+dead-letter ``error_code``. A registry that cannot be asked is not the record's fault: it raises
+``RegistryUnavailableError`` (not a ``SerdeError``), which the pipeline retries and never dead-letters.
+An id the registry answers 404 for is remembered for ``NOT_FOUND_TTL_SECONDS``, so a flood of records
+with an unknown id costs one registry call, not one per record.
 """
 
 import io
 import json
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +20,11 @@ import fastavro
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 
 from schemas.catalog import canonical
+from schemas.registry import RegistryUnavailableError as RegistryUnavailableError  # callers catch it here too
 from schemas.registry import SchemaNotFoundError, SchemaRegistry
 
 MAGIC_BYTE = 0
+NOT_FOUND_TTL_SECONDS = 60.0
 _HEADER = struct.Struct(">BI")
 
 
@@ -40,12 +46,14 @@ class UnknownSchemaIdError(SerdeError):
     code = "unknown_schema_id"
 
 
-class RegistryUnavailableError(SerdeError):
-    code = "registry_unavailable"
-
-
 class SchemaResolutionError(SerdeError):
     code = "schema_resolution_failed"
+
+
+class UnknownEnumSymbolError(SchemaResolutionError):
+    """The writer's enum has a symbol the reader's lacks (and the reader has no default)."""
+
+    code = "unknown_enum_symbol"
 
 
 class MalformedAvroError(SerdeError):
@@ -69,21 +77,29 @@ class ConfluentAvroSerde:
         self._reader_schema = fastavro.parse_schema(schema)
         self._subject = subject
         self._writer_schemas: dict[int, Any] = {}
+        self._not_found: dict[int, tuple[float, str]] = {}  # schema id -> (monotonic expiry, the 404's message)
         self._own_schema_id: int | None = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_writer_schemas"] = {}
+        state["_not_found"] = {}
         return state
 
     def _writer_schema(self, schema_id: int) -> Any:
         parsed = self._writer_schemas.get(schema_id)
         if parsed is None:
+            known_missing = self._not_found.get(schema_id)
+            if known_missing is not None and known_missing[0] > time.monotonic():
+                raise UnknownSchemaIdError(known_missing[1])
             try:
                 text = self._registry.schema_by_id(schema_id)
             except SchemaNotFoundError as err:
+                self._not_found[schema_id] = (time.monotonic() + NOT_FOUND_TTL_SECONDS, str(err))
                 raise UnknownSchemaIdError(str(err)) from err
-            except Exception as err:  # network, auth, 5xx: not the record's fault, but never fatal here
+            except RegistryUnavailableError:
+                raise
+            except Exception as err:  # any other registry failure (auth, a custom client's error): not the record's
                 raise RegistryUnavailableError(f"registry lookup of schema id {schema_id} failed: {err}") from err
             try:
                 parsed = fastavro.parse_schema(json.loads(text))
@@ -104,6 +120,8 @@ class ConfluentAvroSerde:
         try:
             record = fastavro.schemaless_reader(payload, writer, self._reader_schema)
         except _FastavroResolutionError as err:
+            if "not found in reader symbol list" in str(err):
+                raise UnknownEnumSymbolError(f"writer schema id {schema_id}: {err}") from err
             raise SchemaResolutionError(
                 f"writer schema id {schema_id} cannot be read as the reader schema: {err}"
             ) from err
@@ -122,7 +140,12 @@ class ConfluentAvroSerde:
         if self._own_schema_id is None:
             if not self._subject:
                 raise EncodeError("encoding needs a subject to register the schema under")
-            self._own_schema_id = self._registry.register(self._subject, self._schema_str)
+            try:
+                self._own_schema_id = self._registry.register(self._subject, self._schema_str)
+            except RegistryUnavailableError:
+                raise
+            except Exception as err:  # refused (409 incompatible, 401) or unreachable: a deployment fault
+                raise RegistryUnavailableError(f"registering {self._subject} failed: {err}") from err
         return self._own_schema_id
 
     def encode(self, record: Mapping[str, Any]) -> bytes:

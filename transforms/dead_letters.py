@@ -13,9 +13,9 @@ def dead_letter(
     source: KafkaRecord | None = None,
     provenance: Provenance | None = None,
 ) -> TrackedDeadLetter:
-    """A dead letter of ``source`` (an input record) or of an output part with ``provenance`` (which names the
-    input record too); neither for a record of an aggregate output."""
-    if source is not None:
+    """A dead letter of ``source`` (the input record as read) and, for one output part of it, its ``provenance``;
+    neither for a record of an aggregate output."""
+    if provenance is None and source is not None:
         provenance = Provenance.of(source)
     origin = source or provenance
     record = DeadLetter(

@@ -18,6 +18,7 @@ from schemas.serde import ConfluentAvroSerde, SerdeError
 from telemetry import metrics
 from telemetry.endpoint import serve_worker_metrics
 from transforms.dead_letters import dead_letter
+from transforms.infra_retry import InfraRetryConfig, call_with_retry
 from transforms.outputs import multi_output_hints
 from transforms.stage_metrics import counter
 
@@ -33,26 +34,29 @@ class EncodeResult(NamedTuple):
 
 
 class _EncodeFn(beam.DoFn):
-    def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str):
+    def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str, retry: InfraRetryConfig):
         self._serde = serde
         self._key_fn = key_fn
         self._output = output
+        self._retry = retry
 
     def setup(self):
         serve_worker_metrics()
 
     def process(self, element: Any):
-        record, provenance = (
-            (element.record, element.provenance) if isinstance(element, TRACKED_TYPES) else (element, None)
-        )
+        tracked = isinstance(element, TRACKED_TYPES)
+        record, provenance = (element.record, element.provenance) if tracked else (element, None)
         try:
-            value = self._serde.encode(to_avro(record))
+            value = call_with_retry(STAGE, self._retry, lambda: self._serde.encode(to_avro(record)))
         except SerdeError as err:
             counter(STAGE, f"{self._output}_dead_letter").inc()
             metrics.DEAD_LETTERS.labels(STAGE, err.code).inc()
-            original = json.dumps(to_avro(record), default=repr).encode()
+            source = getattr(element, "source", None)
+            # The input record's own bytes when there is one; an aggregate has none, so its JSON is kept instead.
+            original = source.value if source is not None else json.dumps(to_avro(record), default=repr).encode()
             reason = f"output {self._output}: {err}"
-            yield pvalue.TaggedOutput(_DEAD, dead_letter(STAGE, err.code, reason, original, provenance=provenance))
+            letter = dead_letter(STAGE, err.code, reason, original, source, provenance)
+            yield pvalue.TaggedOutput(_DEAD, letter)
             return
         key = self._key_fn(record)
         counter(STAGE, f"{self._output}_ok").inc()
@@ -62,17 +66,18 @@ class _EncodeFn(beam.DoFn):
 class EncodeRecords(beam.PTransform[beam.PCollection[Any], EncodeResult]):
     """Encodes records (or tracked envelopes) of one output; returns ``EncodeResult(records, dead_letters)``."""
 
-    def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str):
+    def __init__(self, serde: ConfluentAvroSerde, key_fn: KeyFn, output: str, retry: InfraRetryConfig | None = None):
         super().__init__()
         self._serde = serde
         self._key_fn = key_fn
         self._output = output
+        self._retry = retry or InfraRetryConfig()
 
     def default_type_hints(self):
         return multi_output_hints(Any)
 
     def expand(self, records: beam.PCollection) -> EncodeResult:
         results = records | "EncodeConfluentAvro" >> beam.ParDo(
-            _EncodeFn(self._serde, self._key_fn, self._output)
+            _EncodeFn(self._serde, self._key_fn, self._output, self._retry)
         ).with_output_types(OutputRecord, **{_DEAD: TrackedDeadLetter}).with_outputs(_DEAD, main="records")
         return EncodeResult(results.records, results[_DEAD])

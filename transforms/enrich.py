@@ -40,7 +40,16 @@ from cachetools import TLRUCache
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from schemas.records import ClickEvent, EnrichedEvent, Product, Provenance, TrackedEnriched, TrackedEvent, UserProfile
+from schemas.records import (
+    ClickEvent,
+    EnrichedEvent,
+    KafkaRecord,
+    Product,
+    Provenance,
+    TrackedEnriched,
+    TrackedEvent,
+    UserProfile,
+)
 from telemetry import metrics
 from telemetry.endpoint import serve_worker_metrics
 from transforms.stage_metrics import counter, distribution
@@ -437,7 +446,7 @@ class _EnrichFn(beam.DoFn):
         window: Any = beam.DoFn.WindowParam,
     ) -> Iterator[WindowedValue]:
         future = asyncio.run_coroutine_threadsafe(self._enricher.enrich(event.record), self._loop)
-        self._pending.append((future, event.provenance, timestamp, window))
+        self._pending.append((future, event.provenance, event.source, timestamp, window))
         # Emit finished lookups in arrival order; wait for the oldest only when the in-flight bound is reached.
         while self._pending and (len(self._pending) >= self._config.max_in_flight or self._pending[0][0].done()):
             yield self._emit(*self._pending.popleft())
@@ -451,7 +460,12 @@ class _EnrichFn(beam.DoFn):
         self._loop_thread.join(timeout=5)
 
     def _emit(
-        self, future: concurrent.futures.Future, provenance: Provenance | None, timestamp: Timestamp, window: Any
+        self,
+        future: concurrent.futures.Future,
+        provenance: Provenance | None,
+        source: KafkaRecord | None,
+        timestamp: Timestamp,
+        window: Any,
     ) -> WindowedValue:
         outcome: EnrichmentOutcome = future.result()  # never raises: Enricher.enrich degrades every failure
         for name, value in outcome.counts.items():
@@ -460,7 +474,7 @@ class _EnrichFn(beam.DoFn):
         self._status_counters[outcome.enriched.enrichment_status].inc()
         self._statuses[outcome.enriched.enrichment_status].inc()
         self._latency_ms.update(max(0, int(time.time() * 1000) - outcome.started_ms))
-        return WindowedValue(TrackedEnriched(outcome.enriched, provenance), timestamp, (window,))
+        return WindowedValue(TrackedEnriched(outcome.enriched, provenance, source), timestamp, (window,))
 
 
 class EnrichEvents(beam.PTransform[beam.PCollection[TrackedEvent], beam.PCollection[TrackedEnriched]]):

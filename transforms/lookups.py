@@ -5,7 +5,8 @@ clients made lazily on the event loop that calls ``lookup`` (a new loop gets new
 sockets belong to one loop), exactly one store call per ``lookup``, None for a missing key, and any
 store error raised: timeouts, retries and caching belong to ``EnrichEvents``. Store-level retries are
 therefore switched off, and a connection is never reused after an error or a cancellation (the
-caller's timeout), because its state is then unknown.
+caller's timeout), because its state is then unknown. The PostgreSQL DSN (it holds the password) is a
+``Credential``: an ``EnvSecret`` in a pipeline graph, revealed only when a connection is made on the worker.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from schemas.records import Product, UserProfile
+from schemas.secrets import Credential, reveal
 
 PRODUCT_KEY_PREFIX = "product:"
 PRODUCT_FIELDS = ("category", "brand", "price_minor", "currency")
@@ -67,7 +69,7 @@ class PostgresUserLookup:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: Credential,
         *,
         table: str = "user_profiles",
         max_connections: int = 4,
@@ -117,7 +119,7 @@ class PostgresUserLookup:
     async def _connect(self) -> psycopg.AsyncConnection:
         # autocommit: a lookup must never leave a transaction open ("idle in transaction") between calls
         return await psycopg.AsyncConnection.connect(
-            self._dsn, autocommit=True, connect_timeout=self._connect_timeout_seconds
+            reveal(self._dsn), autocommit=True, connect_timeout=self._connect_timeout_seconds
         )
 
 

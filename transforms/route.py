@@ -56,7 +56,7 @@ class _RouteFn(beam.DoFn):
         for part, route in enumerate(routes):
             self._counters[route].inc()
             self._routed[route].inc()
-            copy = TrackedEnriched(tracked.record, Provenance.split(tracked.provenance, part, len(routes)))
+            copy = tracked._replace(provenance=Provenance.split(tracked.provenance, part, len(routes)))
             yield pvalue.TaggedOutput(route, copy)
 
 

@@ -59,11 +59,11 @@ class _ValidateFn(beam.DoFn):
             self._filtered.inc()
             counter(STAGE, f"filtered_{why}").inc()
             metrics.FILTERED.labels(why).inc()
-            yield pvalue.TaggedOutput(_FILTERED, TrackedEvent(event, Provenance.of(item.source)))
+            yield pvalue.TaggedOutput(_FILTERED, TrackedEvent(event, Provenance.of(item.source), item.source))
             return
         self._valid.inc()
         metrics.VALID.inc()
-        yield TrackedEvent(event, Provenance.of(item.source))
+        yield TrackedEvent(event, Provenance.of(item.source), item.source)
 
 
 class ValidateEvents(beam.PTransform[beam.PCollection[SourcedEvent], ValidationResult]):

@@ -33,7 +33,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from pydantic import BaseModel
 
 from runners.flink_rest import FLINK_TERMINAL, FlinkRest, FlinkRestError
-from runners.live import build_live_pipeline, registry_for
+from runners.live import build_live_pipeline, export_worker_secrets, registry_for
 from runners.prism import PrismJobServer
 from runners.profiles import PreflightError, RunnerSettings, pipeline_args, preflight
 from runners.stack.process import REPO_ROOT, ManagedProcess, stack_path
@@ -242,6 +242,7 @@ class LaunchRequest:
 def submit(request: LaunchRequest, runner: RunnerSettings) -> PipelineResult:
     """Build the template's pipeline and hand it to the runner; Beam returns once the job service took it."""
     settings = request.template.settings(request.parameters, request.config)
+    export_worker_secrets(settings)  # LOOPBACK workers (this process) read credentials from the environment
     labels = [
         f"--template_name={request.template.name}",
         f"--template_version={request.template.version}",

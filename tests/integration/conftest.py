@@ -1,9 +1,11 @@
 """Session fixtures for integration tests: real local services on loopback, always stopped at the end.
 
 Each service block below belongs to one part of the stack; add a new block rather than editing another's.
+Every port is free when the session starts (``port_for``: the kernel picks it) unless an ``IT_*`` variable
+names one, so two test runs on one machine (two checkouts) never collide. A component left running by an
+interrupted session of this checkout is stopped first (by its pid file): it listens on that session's ports.
 """
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,15 +13,13 @@ import pytest
 from runners.stack.postgres import Postgres
 from runners.stack.redis import Redis
 from runners.stack.settings import StackSettings
+from tests.ports import port_for
 
 # --- Enrichment stores: PostgreSQL (user profiles) + Redis (products) ------------------------------------
 # Own component names (pid files, logs and data under .stack/it-*) and ports, so these fixtures never touch
 # a stack started by `make up`. Both stores are seeded by start() from the default GeneratorConfig.
 
-STORES = StackSettings(
-    postgres_port=int(os.environ.get("IT_POSTGRES_PORT", "15432")),
-    redis_port=int(os.environ.get("IT_REDIS_PORT", "16379")),
-)
+STORES = StackSettings(postgres_port=port_for("IT_POSTGRES_PORT"), redis_port=port_for("IT_REDIS_PORT"))
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,7 @@ def postgres_store() -> Iterator[Postgres]:
     """A running, seeded PostgreSQL; stopped (by pid) when the session ends, whatever happened."""
     component = Postgres(STORES, name="it-postgres")
     try:
+        component.stop()
         component.install()
         component.start()
         yield component
@@ -39,6 +40,7 @@ def redis_store() -> Iterator[Redis]:
     """A running, seeded Redis; stopped (by pid) when the session ends, whatever happened."""
     component = Redis(STORES, name="it-redis")
     try:
+        component.stop()
         component.install()
         component.start()
         yield component
@@ -61,9 +63,9 @@ from runners.stack.kafka import Kafka  # noqa: E402
 from runners.stack.registry import SchemaRegistry  # noqa: E402
 
 KAFKA_STACK = StackSettings(
-    kafka_port=int(os.environ.get("IT_KAFKA_PORT", "19092")),
-    kafka_controller_port=int(os.environ.get("IT_KAFKA_CONTROLLER_PORT", "19093")),
-    registry_port=int(os.environ.get("IT_REGISTRY_PORT", "18085")),
+    kafka_port=port_for("IT_KAFKA_PORT"),
+    kafka_controller_port=port_for("IT_KAFKA_CONTROLLER_PORT"),
+    registry_port=port_for("IT_REGISTRY_PORT"),
 )
 #: Topics sized unlike the defaults (6 partitions, 168 h) so the tests see the settings applied.
 KAFKA_PIPELINE = PipelineSettings(
@@ -76,8 +78,8 @@ def kafka_broker() -> Iterator[Kafka]:
     """A running single-node KRaft broker with the pipeline's topics; stopped (by pid) at session end."""
     component = Kafka(KAFKA_STACK, KAFKA_PIPELINE, name="it-kafka")
     try:
-        if component.pid is None:
-            shutil.rmtree(component.data_dir, ignore_errors=True)
+        component.stop()
+        shutil.rmtree(component.data_dir, ignore_errors=True)
         component.install()
         component.start()
         yield component
@@ -90,6 +92,7 @@ def schema_registry_service(kafka_broker: Kafka) -> Iterator[SchemaRegistry]:
     """The Confluent-compatible registry on the test broker; stopped (by pid) at session end."""
     component = SchemaRegistry(KAFKA_STACK, name="it-schema-registry")
     try:
+        component.stop()
         component.install()
         component.start()
         yield component
@@ -106,15 +109,13 @@ def schema_registry_service(kafka_broker: Kafka) -> Iterator[SchemaRegistry]:
 # .stack/flink/ and installed once.
 
 from runners.stack.flink import Flink  # noqa: E402
+from tests.ports import port_range_for  # noqa: E402
 
 FLINK_STACK = StackSettings()
 FLINK_PORTS = {
-    "rest_port": int(os.environ.get("IT_FLINK_REST_PORT", "18081")),
-    "rpc_port": int(os.environ.get("IT_FLINK_RPC_PORT", "16123")),
-    "metrics_ports": (
-        int(os.environ.get("IT_FLINK_METRICS_PORT_LOW", "19250")),
-        int(os.environ.get("IT_FLINK_METRICS_PORT_HIGH", "19260")),
-    ),
+    "rest_port": port_for("IT_FLINK_REST_PORT"),
+    "rpc_port": port_for("IT_FLINK_RPC_PORT"),
+    "metrics_ports": port_range_for("IT_FLINK_METRICS_PORT_LOW", "IT_FLINK_METRICS_PORT_HIGH", 11),
 }
 
 
@@ -123,9 +124,9 @@ def flink_cluster() -> Iterator[Flink]:
     """A running Flink session cluster (1 JobManager, 1 TaskManager, 2 slots); stopped (by pid) at session end."""
     component = Flink(FLINK_STACK, name="it-flink", **FLINK_PORTS)
     try:
-        if not component.pids["jobmanager"]:
-            shutil.rmtree(component.checkpoint_dir, ignore_errors=True)
-            shutil.rmtree(component.savepoint_dir, ignore_errors=True)
+        component.stop()
+        shutil.rmtree(component.checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(component.savepoint_dir, ignore_errors=True)
         component.install()
         component.start()
         yield component
@@ -154,8 +155,8 @@ from runners.stack.prometheus import Prometheus  # noqa: E402
 
 MONITORING_TOPIC = f"it-monitoring-lag-{uuid.uuid4().hex[:8]}"
 MONITORING_GROUP = "it-monitoring-group"
-LAG_EXPORTER_PORT = int(os.environ.get("IT_LAG_EXPORTER_PORT", "19308"))
-PROMETHEUS_PORT = int(os.environ.get("IT_PROMETHEUS_PORT", "19090"))
+LAG_EXPORTER_PORT = port_for("IT_LAG_EXPORTER_PORT")
+PROMETHEUS_PORT = port_for("IT_PROMETHEUS_PORT")
 MONITORING_RULES = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus" / "rules"
 
 
@@ -165,8 +166,8 @@ def lag_exporter(kafka_broker: Kafka) -> Iterator[str]:
     proc = ManagedProcess("it-lag-exporter")
     host = KAFKA_STACK.host
     try:
-        if proc.pid() is None:
-            require_free_port(host, LAG_EXPORTER_PORT, proc.name)
+        proc.stop()
+        require_free_port(host, LAG_EXPORTER_PORT, proc.name)
         proc.start(
             [
                 sys.executable,
@@ -197,9 +198,9 @@ def running_prometheus(
     config.write_text(yaml.safe_dump(document))
     component = Prometheus(KAFKA_STACK, name=name, port=port, config=config)
     try:
-        if component.pid is None:
-            require_free_port(KAFKA_STACK.host, port, name)
-            shutil.rmtree(component.data_dir, ignore_errors=True)
+        component.stop()
+        require_free_port(KAFKA_STACK.host, port, name)
+        shutil.rmtree(component.data_dir, ignore_errors=True)
         component.install()
         component.start()
         yield component
@@ -280,10 +281,7 @@ def lag_topic(kafka_broker: Kafka) -> str:
 
 from runners.prism import PrismJobServer  # noqa: E402
 
-RUNNER_STACK = StackSettings(
-    prism_port=int(os.environ.get("IT_PRISM_PORT", "18073")),
-    prism_ui_port=int(os.environ.get("IT_PRISM_UI_PORT", "18074")),
-)
+RUNNER_STACK = StackSettings(prism_port=port_for("IT_PRISM_PORT"), prism_ui_port=port_for("IT_PRISM_UI_PORT"))
 
 
 @pytest.fixture(scope="session")
@@ -291,8 +289,8 @@ def prism() -> Iterator[PrismJobServer]:
     """Prism's job service on its own port; stopped (by pid) at the end, whatever happened."""
     server = PrismJobServer(RUNNER_STACK, name="it-prism")
     try:
-        if server.pid is None:
-            require_free_port(RUNNER_STACK.host, RUNNER_STACK.prism_port, server.name)
+        server.stop()  # one an interrupted session left behind, on its old port
+        require_free_port(RUNNER_STACK.host, RUNNER_STACK.prism_port, server.name)
         server.install()
         server.start()
         yield server

@@ -8,7 +8,6 @@ EXPECTED_EMPTY: no pipeline runs here) must return nothing; those return series 
 tests/integration/test_monitoring_live.py, which queries them on the live pipeline.
 """
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +19,13 @@ from ingestion.metrics import IngestionMetrics
 from runners.stack.flink import SMOKE_JOB_CLASS, Flink, build_smoke_job
 from runners.stack.process import StackError
 from runners.stack.prometheus import Prometheus
-from tests.integration.conftest import KAFKA_STACK, PROMETHEUS_PORT, running_prometheus
+from tests.integration.conftest import KAFKA_STACK, running_prometheus
+from tests.ports import port_for
 from tests.unit.test_dashboards import dashboard_expressions
 
 pytestmark = pytest.mark.integration
 
-#: Not PROMETHEUS_PORT + 1 (test_monitoring's Flink Prometheus) nor +2/+3 (the test broker's default ports).
-DASHBOARDS_PROMETHEUS_PORT = int(os.environ.get("IT_DASHBOARDS_PROMETHEUS_PORT", str(PROMETHEUS_PORT + 5)))
+DASHBOARDS_PROMETHEUS_PORT = port_for("IT_DASHBOARDS_PROMETHEUS_PORT")
 RATE_INTERVAL = "15s"  # $__rate_interval at a 1 s scrape interval: a few samples suffice
 WAIT_S = 40.0
 

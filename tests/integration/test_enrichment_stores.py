@@ -18,6 +18,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from pydantic import SecretStr
 
 from ingestion.generator import GeneratorConfig, reference_data
 from runners.stack.postgres import Postgres
@@ -79,7 +80,7 @@ def _run(
     stores: tuple[Postgres, Redis], events: list[ClickEvent], config: EnrichmentConfig, expected: list, summary=True
 ) -> float:
     """Run EnrichEvents with the real handlers over ``events``; returns the wall time of the pipeline."""
-    users, products = PostgresUserLookup(stores[0].dsn), RedisProductLookup(stores[1].url)
+    users, products = PostgresUserLookup(SecretStr(stores[0].dsn)), RedisProductLookup(stores[1].url)
     started = time.monotonic()
     with TestPipeline(options=streaming_options()) as p:
         enriched = (
@@ -113,7 +114,7 @@ def test_stores_are_seeded_idempotently(postgres_store: Postgres, redis_store: R
 
 
 def test_handlers_return_seeded_records_and_none_for_unknown_keys(postgres_store: Postgres, redis_store: Redis):
-    users = PostgresUserLookup(postgres_store.dsn, max_connections=2)
+    users = PostgresUserLookup(SecretStr(postgres_store.dsn), max_connections=2)
     products = RedisProductLookup(redis_store.url, max_connections=2)
     assert isinstance(users, LookupHandler) and isinstance(products, LookupHandler)
     assert (users.name, products.name) == ("user", "product")
@@ -136,7 +137,9 @@ def test_handlers_return_seeded_records_and_none_for_unknown_keys(postgres_store
 
 
 def test_handlers_raise_when_the_store_is_unreachable():
-    users = PostgresUserLookup(f"postgresql://clickstream:clickstream@127.0.0.1:{_closed_port()}/clickstream")
+    users = PostgresUserLookup(
+        SecretStr(f"postgresql://clickstream:clickstream@127.0.0.1:{_closed_port()}/clickstream")
+    )
     products = RedisProductLookup(f"redis://127.0.0.1:{_closed_port()}/0")
     with pytest.raises(psycopg.OperationalError):
         asyncio.run(users.lookup(U1))

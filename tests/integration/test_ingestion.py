@@ -2,6 +2,7 @@
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -110,8 +111,9 @@ def test_per_key_order_holds_for_keyed_event_types(kafka_broker, schema_registry
         assert len(ids) == 80
 
 
-def _serve(service):
-    config = uvicorn.Config(create_app(service, max_body_bytes=50_000), host="127.0.0.1", port=0, log_level="warning")
+def _serve(service, **limits):
+    app = create_app(service, **{"max_body_bytes": 50_000, **limits})
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -143,18 +145,54 @@ def test_http_batch_returns_a_result_per_event(kafka_broker, publisher):
         thread.join(timeout=10)
     assert response.status_code == 207
     body = response.json()
-    assert (body["accepted"], body["rejected"]) == (2, 2)
+    assert (body["acknowledged"], body["rejected"], body["not_acknowledged"]) == (2, 2, 0)
     results = body["results"]
-    assert [r["status"] for r in results] == ["accepted", "rejected", "accepted", "rejected"]
+    assert [r["status"] for r in results] == ["acknowledged", "rejected", "acknowledged", "rejected"]
     assert results[0]["event_id"] == "ok-1"
     assert results[1]["code"] == "schema_violation" and "event_type" in results[1]["reason"]
     assert results[3]["code"] == "amount_out_of_range"
     assert too_big.status_code == 413 and not_json.status_code == 400
-    assert publisher.flush() == 0 and publisher.acked == 2
+    assert publisher.in_doubt == 0 and publisher.acked == 2  # acknowledged before the answer, not after a flush
     assert 'ingestion_events_rejected_total{reason="schema_violation"} 1.0' in scraped
     assert "ingestion_publish_latency_seconds_bucket" in scraped
     ids = {m.value() for m in _consume_all(kafka_broker.bootstrap, publisher.topic, 2)}
     assert len(ids) == 2
+
+
+def test_bad_http_requests_get_their_status_and_publish_nothing(publisher):
+    """Non-JSON 400, wrong types 207 (all rejected), batch over the limit 413, body over the cap 413, a body
+    sent too slowly 408; not one event reaches the producer."""
+    service = IngestionService(publisher, IngestionMetrics())
+    server, thread, base = _serve(service, max_events=3, body_timeout=1.0)
+    host, port = base.removeprefix("http://").split(":")
+    sent_before = publisher.sent
+    now = int(time.time() * 1000)
+    wrong_types = [{"event_type": 7, "user_id": ["u"], "event_time": "soon", "country": 1}]
+    try:
+        statuses = {
+            "non_json": httpx.post(f"{base}/v1/events", content=b"\x00{not json", timeout=10).status_code,
+            "wrong_types": httpx.post(f"{base}/v1/events", json=wrong_types, timeout=10),
+            "over_limit": httpx.post(
+                f"{base}/v1/events", json=[to_avro(make_event(event_time=now))] * 4, timeout=10
+            ).status_code,
+            "over_cap": httpx.post(f"{base}/v1/events", content=b"[" + b" " * 60_000 + b"]", timeout=10).status_code,
+        }
+        with socket.create_connection((host, int(port)), timeout=10) as slow:  # slow-loris: 10 bytes, then silence
+            slow.sendall(b'POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[{"event')
+            started = time.monotonic()
+            answer = slow.recv(200).decode()
+            statuses["slow_loris"] = int(answer.split()[1])
+            waited = time.monotonic() - started
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    wrong = statuses["wrong_types"]
+    assert wrong.status_code == 207 and wrong.json()["rejected"] == 1, wrong.text
+    assert wrong.json()["results"][0]["code"] == "schema_violation"
+    statuses["wrong_types"] = wrong.status_code
+    assert statuses == {"non_json": 400, "wrong_types": 207, "over_limit": 413, "over_cap": 413, "slow_loris": 408}
+    assert waited < 5
+    assert publisher.sent == sent_before
 
 
 def test_limiter_slows_down_while_a_real_consumer_group_lags_and_recovers(kafka_broker, publisher):
@@ -208,9 +246,14 @@ def test_sigterm_flushes_and_loses_nothing(kafka_broker, schema_registry_service
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(4)
+    seen = []  # the first progress line: signal handlers are in and events are flowing (not a fixed sleep,
+    for line in proc.stderr:  # which a loaded machine outlasts while the process is still importing)
+        seen.append(line)
+        if line.startswith("sent ") and not line.startswith("sent 0 "):
+            break
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    _, rest = proc.communicate(timeout=60)
+    stderr = "".join(seen) + rest
     assert proc.returncode == 0, stderr[-2000:]
     done = re.search(r"done: sent ([\d,]+) acked ([\d,]+) failed 0", stderr)
     assert done, stderr[-2000:]

@@ -3,7 +3,9 @@
 Each test has its own topics and consumer group, so tests never see each other's records.
 """
 
+import copy
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from beam_pipelines.clickstream import output_contract
 from beam_pipelines.settings import PipelineSettings
 from ingestion.generator import GeneratorConfig
 from runners.live import (
@@ -182,3 +185,71 @@ def test_killed_runner_restarts_from_committed_offsets_without_loss(live_setting
     # Duplicates come only from the uncommitted tail the first job had read when it was killed.
     assert sum(rec.duplicates.values()) <= len(records) - committed_at_kill, rec.line()
     print(rec.line())
+
+
+def _bad_inputs(registry, topic: str, now: int) -> dict[str, tuple[bytes | None, bytes]]:
+    """One Kafka record (value, key) per class of bad input, by the dead-letter code it must end with."""
+    good = ConfluentAvroSerde(registry, schema_json("clickstream_event"), f"{topic}-value").encode(
+        to_avro(make_event(event_id="framing-base", event_time=now))
+    )
+    fields = [{"name": "user_id", "type": "int"}]
+    other = {"type": "record", "name": "ClickEvent", "namespace": "clickstream.events", "fields": fields}
+    unresolvable = ConfluentAvroSerde(registry, other, f"{topic}-other-value").encode({"user_id": 5})
+    teleport_schema = copy.deepcopy(schema_json("clickstream_event"))  # the catalogue caches its dicts
+    next(f for f in teleport_schema["fields"] if f["name"] == "event_type")["type"]["symbols"].append("teleport")
+    teleport = ConfluentAvroSerde(registry, teleport_schema, f"{topic}-teleport-value").encode(
+        to_avro(make_event(event_id="teleport", event_type="teleport", event_time=now))
+    )
+    writer = ConfluentAvroSerde(registry, schema_json("clickstream_event"), f"{topic}-value")
+
+    def event(**fields) -> bytes:
+        return writer.encode(to_avro(make_event(**{"event_time": now, **fields})))
+
+    key = b"u00001"
+    return {
+        "bad_magic_byte": (b"\x07" + good[1:], key),
+        "truncated_record": (good[:12], key),
+        "empty_value": (b"", key),
+        "tombstone": (None, key),
+        "unknown_schema_id": (b"\x00" + struct.pack(">I", 987_654) + good[5:], key),
+        "schema_resolution_failed": (unresolvable, key),
+        "malformed_avro": (good + b"\xff\xff", key),
+        "oversize_record": (good + b"\x00" * (600 * 1024), key),
+        "unknown_enum_symbol": (teleport, key),
+        "invalid_key": (good, b"\xff\xfeu1"),
+        "event_time_in_future": (event(event_id="future", event_time=now + 3_600_000), key),
+        "event_time_too_old": (event(event_id="ancient", event_time=now - 30 * 86_400_000), key),
+        "missing_field": (event(event_id="no-user", user_id=" "), key),
+        "invalid_currency": (event(event_id="euro", currency="euro"), key),
+        "invalid_country": (event(event_id="germany", country="Germany"), key),
+    }
+
+
+def test_every_bad_input_class_ends_as_one_dead_letter_with_its_code_in_a_live_run(live_settings, prism):
+    """Every class of bad record in one live run, between good ones: one dead letter each, with its code and a
+    reason, the run finishes by itself (nothing stalls) and reconciles."""
+    topic = live_settings.kafka.input_topic
+    registry = registry_for(live_settings)
+    now = int(time.time() * 1000)
+    bad = _bad_inputs(registry, topic, now)
+    writer = ConfluentAvroSerde(registry, schema_json("clickstream_event"), f"{topic}-value")
+    good = [writer.encode(to_avro(make_event(event_id=f"good-{i}", event_time=now + i))) for i in range(len(bad))]
+    producer = Producer({"bootstrap.servers": live_settings.kafka.bootstrap_servers, "message.max.bytes": 2 << 20})
+    for i, (value, key) in enumerate(bad.values()):
+        producer.produce(topic, value=good[i], key=b"u00001")
+        producer.produce(topic, value=value, key=key)
+    assert producer.flush(30) == 0
+    dead_before = end_offsets(live_settings, live_settings.topic("dead_letters"))
+    said: list[str] = []
+    code = run_live(live_settings, _args(prism), None, say=said.append)
+    out = "\n".join(said)
+    assert code == 0, out
+    line = next(x for x in out.splitlines() if x.startswith("reconciliation:"))
+    assert f"in {len(bad) * 2} = " in line and "-> OK; lost 0; duplicates 0" in line, line
+    serde = ConfluentAvroSerde(registry, schema_json(output_contract("dead_letters", live_settings).contract))
+    dead_topic = live_settings.topic("dead_letters")
+    written = read_range(live_settings, dead_topic, dead_before, end_offsets(live_settings, dead_topic))
+    rows = [serde.decode(m.value()) for m in written]
+    print("\n".join(f"{r['stage']:>8} {r['error_code']:<26} {r['reason'][:90]}" for r in rows))
+    assert sorted(r["error_code"] for r in rows) == sorted(bad), out
+    assert all(r["reason"] and r["topic"] == topic and r["offset"] is not None for r in rows)

@@ -24,15 +24,15 @@ from tests.integration.conftest import (
     EXPECTED_LAG,
     MONITORING_GROUP,
     PRODUCED,
-    PROMETHEUS_PORT,
     commit_monitoring_offsets,
     running_prometheus,
 )
+from tests.ports import port_for
 
 pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus" / "rules" / "pipeline-alerts.yml"
-FLINK_PROMETHEUS_PORT = PROMETHEUS_PORT + 1
+FLINK_PROMETHEUS_PORT = port_for("IT_FLINK_PROMETHEUS_PORT")
 
 
 def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -38,25 +38,24 @@ from runners.prism import PrismJobServer
 from runners.stack.alertmanager import Alertmanager
 from runners.stack.kafka import ensure_topics, pipeline_topics
 from runners.stack.lag_exporter import LagExporter
-from runners.stack.process import require_free_port, stack_path
+from runners.stack.process import stack_path
 from runners.stack.prometheus import Prometheus, render_config, targets_dir, worker_metrics_env
 from runners.stack.settings import StackSettings
 from schemas.registry import ConfluentRegistry
-from tests.integration.conftest import KAFKA_STACK, PROMETHEUS_PORT, STORES
+from tests.integration.conftest import KAFKA_STACK, STORES
 from tests.integration.live_feed import Feed
+from tests.ports import port_for
 from tests.unit.test_dashboards import dashboard_expressions
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "monitoring" / "prometheus" / "rules" / "pipeline-alerts.yml"
 PROMETHEUS_NAME = "it-prometheus-monitoring"
-#: Next to the other test Prometheus ports (PROMETHEUS_PORT + 1 and + 5 are taken).
 MONITORING_STACK = StackSettings(
     kafka_port=KAFKA_STACK.kafka_port,
-    prism_port=int(os.environ.get("IT_PRISM_PORT", "18073")) + 1,
-    prometheus_port=PROMETHEUS_PORT + 7,
-    alertmanager_port=PROMETHEUS_PORT + 8,
-    lag_exporter_port=PROMETHEUS_PORT + 9,
+    prometheus_port=port_for("IT_MONITORING_PROMETHEUS_PORT"),
+    alertmanager_port=port_for("IT_MONITORING_ALERTMANAGER_PORT"),
+    lag_exporter_port=port_for("IT_MONITORING_LAG_EXPORTER_PORT"),
 )
 TEST_SLO_SECONDS = 4
 TEST_MAX_LAG = 100
@@ -134,19 +133,6 @@ class Pipeline:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.log.read_text()
-
-
-@pytest.fixture(scope="module")
-def prism() -> Iterator[PrismJobServer]:
-    server = PrismJobServer(MONITORING_STACK, name="it-prism-monitoring")
-    try:
-        if server.pid is None:
-            require_free_port(MONITORING_STACK.host, MONITORING_STACK.prism_port, server.name)
-        server.install()
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

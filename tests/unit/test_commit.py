@@ -123,11 +123,12 @@ class FakeState:
 
 @pytest.fixture
 def commit_fn(monkeypatch):
-    def make(committed: dict[int, int], fail_commits: int = 0) -> tuple[_CommitFn, FakeConsumer]:
+    def make(
+        committed: dict[int, int], fail_commits: int = 0, retry_seconds: float = 5.0
+    ) -> tuple[_CommitFn, FakeConsumer]:
         consumer = FakeConsumer(committed, fail_commits)
         monkeypatch.setattr(kafkaio.commit, "new_consumer", lambda client, group: consumer)
-        monkeypatch.setattr(kafkaio.commit.time, "sleep", lambda seconds: None)
-        fn = _CommitFn(CLIENT, "g", Shared())
+        fn = _CommitFn(CLIENT, "g", Shared(), retry_seconds=retry_seconds, initial_backoff_seconds=0)
         fn.setup()
         return fn, consumer
 
@@ -158,7 +159,7 @@ def test_a_failed_commit_is_retried_then_fails_the_bundle(commit_fn):
     fn, consumer = commit_fn({0: 0}, fail_commits=4)  # two whole-request and two per-partition failures
     feed(fn, {}, [ack(0)])
     assert consumer.commits == [[(TOPIC, 0, 1)]]
-    fn, consumer = commit_fn({0: 0}, fail_commits=99)
+    fn, consumer = commit_fn({0: 0}, fail_commits=10**9, retry_seconds=0.2)
     with pytest.raises(KafkaException):
         feed(fn, {}, [ack(0)])
 

@@ -57,6 +57,9 @@ class FakeError:
     def str(self) -> str:
         return f"fake error {self._code}"
 
+    def retriable(self) -> bool:
+        return False
+
 
 class FakeMessage:
     def __init__(
@@ -291,15 +294,32 @@ def test_the_reader_never_commits_offsets(consumers):
     assert consumer.commits == []
 
 
-def test_a_kafka_error_fails_the_bundle(consumers):
+def test_a_permanent_kafka_error_fails_the_bundle(consumers):
     fn = read_fn()
     consumer = make_consumer(
-        consumers, fn, batches=[[record(0), FakeMessage(error=FakeError(KafkaError._TRANSPORT)), record(1)]]
+        consumers,
+        fn,
+        batches=[[record(0), FakeMessage(error=FakeError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), record(1)]],
     )
     run = Run(fn, 0, UNBOUNDED)
     with pytest.raises(KafkaException):
         run.all()
     assert consumer.commits == []
+
+
+def test_a_broker_outage_is_waited_out_and_the_records_after_it_are_read_again(consumers):
+    """A transient error ends the slice after what was emitted; the next slice seeks back, skipping nothing."""
+    fn = read_fn()
+    consumer = make_consumer(
+        consumers, fn, batches=[[record(0), FakeMessage(error=FakeError(KafkaError._TRANSPORT)), record(1)]]
+    )
+    run = Run(fn, 0, UNBOUNDED)
+    assert offsets(run.all()) == [0]
+    assert run.residual() == OffsetRange(1, UNBOUNDED)
+    consumer.batches, consumer.log = None, [record(0), record(1), record(2)]
+    again = Run(fn, 1, UNBOUNDED)
+    assert offsets(again.all()) == [1, 2]
+    assert consumer.assigned[-1][2] == 1  # sought back to the first record not emitted
 
 
 def test_an_idle_caught_up_partition_advances_its_watermark_to_wall_clock_minus_the_timeout(consumers):

@@ -29,6 +29,7 @@ from schemas.records import (
     to_avro,
 )
 from schemas.registry import ConfluentRegistry, InMemoryRegistry, SchemaNotFoundError
+from schemas.secrets import EnvSecret
 from schemas.serde import (
     MAGIC_BYTE,
     BadMagicByteError,
@@ -119,6 +120,8 @@ class _CountingRegistry:
 
     def register(self, subject: str, schema_str: str) -> int:
         self.register_calls += 1
+        if self.fail_with is not None:
+            raise self.fail_with
         if schema_str not in self._ids:
             self._ids[schema_str] = self._next_id
             self._schemas[self._next_id] = schema_str
@@ -354,12 +357,31 @@ def test_corrupted_records_only_raise_serde_errors(click_serde, framed_click):
     [ConnectionError("connection refused"), TimeoutError("read timed out"), RuntimeError("HTTP 503")],
     ids=repr,
 )
-def test_registry_failure_is_registry_unavailable(framed_click, failure):
+def test_registry_failure_is_registry_unavailable_not_a_record_fault(framed_click, failure):
+    """A registry that cannot answer is infrastructure: never a SerdeError, so never a dead letter."""
     registry = _CountingRegistry()
     registry.fail_with = failure
     data = struct.pack(">BI", 0, 1) + framed_click[5:]
-    err = _assert_serde_error(_serde(registry, subject=None), data, RegistryUnavailableError, "registry_unavailable")
-    assert err.__cause__ is failure
+    with pytest.raises(RegistryUnavailableError) as info:
+        _serde(registry, subject=None).decode(data)
+    assert not isinstance(info.value, SerdeError)
+    assert info.value.__cause__ is failure
+
+
+def test_unknown_schema_id_is_asked_once_not_per_record(framed_click):
+    registry = _CountingRegistry()
+    reader = _serde(registry, subject=None)
+    data = struct.pack(">BI", 0, 4242) + framed_click[5:]
+    for _ in range(50):
+        _assert_serde_error(reader, data, UnknownSchemaIdError, "unknown_schema_id")
+    assert registry.lookup_calls == 1
+
+
+def test_registration_failure_is_registry_unavailable():
+    registry = _CountingRegistry()
+    registry.fail_with = ConnectionError("registry down")
+    with pytest.raises(RegistryUnavailableError):
+        _serde(registry).encode(to_avro(CLICK))
 
 
 def test_encode_errors():
@@ -437,21 +459,29 @@ def test_confluent_registry_404_is_unknown_schema_id(registry_url, framed_click)
 def test_confluent_registry_non_404_is_registry_unavailable(registry_url, framed_click):
     data = struct.pack(">BI", 0, 401) + framed_click[5:]
     serde = _serde(ConfluentRegistry(registry_url))
-    err = _assert_serde_error(serde, data, RegistryUnavailableError, "registry_unavailable")
-    assert getattr(err.__cause__, "http_status_code", None) == 401, repr(err.__cause__)
+    with pytest.raises(RegistryUnavailableError) as info:
+        serde.decode(data)
+    assert getattr(info.value.__cause__, "http_status_code", None) == 401, repr(info.value.__cause__)
+
+
+def test_confluent_registry_unreachable_is_registry_unavailable(framed_click):
+    with pytest.raises(RegistryUnavailableError):
+        ConfluentRegistry("http://127.0.0.1:9").schema_by_id(1)
 
 
 # --- pickling: Beam ships the serde inside DoFns to every worker ------------------------------
 
 
-def test_confluent_registry_pickles_before_and_after_use(registry_url):
-    registry = ConfluentRegistry(registry_url, basic_auth="user:secret")
+def test_confluent_registry_pickles_before_and_after_use(registry_url, monkeypatch):
+    monkeypatch.setenv("IT_REGISTRY_AUTH", "user:s3cret-in-pickle")
+    registry = ConfluentRegistry(registry_url, basic_auth=EnvSecret("IT_REGISTRY_AUTH"))
     fresh = pickle.loads(pickle.dumps(registry))
     schema_id = registry.register(
         "clickstream.events-value", catalog.canonical(catalog.schema_json("clickstream_event"))
     )
     assert fresh.schema_by_id(schema_id) == catalog.canonical(catalog.schema_json("clickstream_event"))
     used = pickle.loads(pickle.dumps(registry))  # the live HTTP client holds locks and sockets
+    assert b"s3cret-in-pickle" not in pickle.dumps(registry) and "s3cret" not in repr(registry)
     assert used.schema_by_id(schema_id) == catalog.canonical(catalog.schema_json("clickstream_event"))
 
 
