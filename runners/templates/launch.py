@@ -30,10 +30,12 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
+from confluent_kafka import KafkaException
 from pydantic import BaseModel
 
+from beam_pipelines.settings import PipelineSettings
 from runners.flink_rest import FLINK_TERMINAL, FlinkRest, FlinkRestError
-from runners.live import build_live_pipeline, export_worker_secrets, registry_for
+from runners.live import build_live_pipeline, end_offsets_of, export_worker_secrets, registry_for
 from runners.prism import PrismJobServer
 from runners.profiles import PreflightError, RunnerSettings, pipeline_args, preflight
 from runners.stack.process import REPO_ROOT, ManagedProcess, stack_path
@@ -324,19 +326,30 @@ def launch(request: LaunchRequest, stack: StackSettings) -> Outcome:
     """Validate, then (under the name's lock) report the running job of that name, or replace it, or start one."""
     deadline = time.monotonic() + request.timeout
     runner = request.runner.model_copy(update={"job_name": request.job_name})
-    request.template.settings(request.parameters, request.config)  # settings errors before anything is touched
+    settings = request.template.settings(request.parameters, request.config)  # before anything is touched
     try:
         preflight(runner)
     except PreflightError as err:
         raise failed(FAILED, str(err)) from None
     with contextlib.closing(jobs_of(runner, stack, request.timeout)) as runs:
+        runs.check()
+        _require_input_topic(settings)
         return _launch(request, runner, runs, stack, deadline)
+
+
+def _require_input_topic(settings: PipelineSettings) -> None:
+    """A job on a missing topic would wait for it forever, reporting RUNNING meanwhile: refuse to launch it."""
+    try:
+        end_offsets_of(settings, [settings.kafka.input_topic])
+    except RuntimeError as err:  # names the topic and why
+        raise failed(FAILED, str(err)) from None
+    except KafkaException as err:
+        raise failed(FAILED, f"cannot read input topic {settings.kafka.input_topic}: {err}") from None
 
 
 def _launch(
     request: LaunchRequest, runner: RunnerSettings, runs: PrismJobs | FlinkJobs, stack: StackSettings, deadline: float
 ) -> Outcome:
-    runs.check()
     wanted = json.loads(request.parameters.model_dump_json())
     with name_lock(runner.runner, request.job_name, request.timeout):
         existing = active_named(runs, request.job_name)

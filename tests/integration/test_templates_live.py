@@ -151,6 +151,10 @@ def test_launch_is_idempotent_replace_loses_nothing_and_stop_ends_the_job(live_s
     sizes = _window_sizes(settings, registry)
     assert 20 in sizes and sizes <= {20, 60}, sizes
 
+    code, missing, _ = launcher("launch", "clickstream", *common[:1], f"{name}-x", *common[2:], *params[:2],
+                                "--param", "input_topic=it-no-such-topic", *params[4:])  # fmt: skip
+    assert code == 3 and "it-no-such-topic" in missing["error"], missing
+
     code, stopped, _ = launcher("stop", *common)
     assert (code, stopped["action"], stopped["state"]) == (0, "cancel", "CANCELLED"), stopped
     code, again, _ = launcher("stop", *common)
