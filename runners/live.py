@@ -40,7 +40,8 @@ from transforms.lookups import PostgresUserLookup, RedisProductLookup
 
 _LOG = logging.getLogger(__name__)
 Offsets = dict[int, int]
-_TERMINAL = {PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.UPDATED}
+#: Pipeline states after which a job never runs again.
+ENDED_STATES = {PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.UPDATED}
 
 
 def registry_for(settings: PipelineSettings) -> ConfluentRegistry:
@@ -344,7 +345,7 @@ def run_live(
     try:
         result = pipeline.run()
         next_progress = started + progress_seconds
-        while result.state not in _TERMINAL:
+        while result.state not in ENDED_STATES:
             if stop.wait(0.5):
                 say("stopping: cancelling the job (offsets of completely written records are committed)")
                 result.cancel()

@@ -9,7 +9,8 @@
 
 stdout carries exactly one JSON object (describe: text); logs go to stderr. Exit codes: 0 running or
 succeeded (stop: stopped, or nothing to stop), 2 bad parameters, 3 launch failed (or the job failed, its
-input topic is missing, or status finds no such job), 4 timed out (job service silent, job not RUNNING in time, stop not finished).
+input topic is missing, or status finds no such job), 4 timed out (job service silent, job not RUNNING in
+time, stop not finished).
 Runner settings (`--set runner.<field>=<value>`, as for `python -m runners`) pick the job service:
 Prism's of `make up` by default, `runner.flink_master` for Flink. A LOOPBACK job (the default) runs in a
 detached host process the launcher starts, which lives as long as the job; `stop` ends both.

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from beam_pipelines.settings import PipelineSettings
 from runners.flink_rest import FLINK_TERMINAL, FlinkRest, FlinkRestError
-from runners.live import build_live_pipeline, end_offsets_of, export_worker_secrets, registry_for
+from runners.live import ENDED_STATES, build_live_pipeline, end_offsets_of, export_worker_secrets, registry_for
 from runners.prism import PrismJobServer
 from runners.profiles import PreflightError, RunnerSettings, pipeline_args, preflight
 from runners.stack.process import REPO_ROOT, ManagedProcess, stack_path
@@ -45,7 +45,6 @@ from runners.templates.jobs import TERMINAL, JobService, JobServiceError
 from runners.templates.spec import Template
 
 _LOG = logging.getLogger(__name__)
-TERMINAL_STATE_OBJECTS = {PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.UPDATED}
 
 OK, BAD_PARAMETERS, FAILED, TIMED_OUT = 0, 2, 3, 4
 #: Job names every runner accepts (Dataflow's rule is the strictest).
@@ -310,7 +309,7 @@ def host(request: LaunchRequest, runner: RunnerSettings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while result.state not in TERMINAL_STATE_OBJECTS:
+    while result.state not in ENDED_STATES:
         if stop.wait(1.0):
             result.cancel()
             break
