@@ -1,4 +1,4 @@
-"""The clickstream pipeline: decode -> validate/filter -> enrich -> route | tumbling metrics | sessions.
+"""The clickstream pipeline: decode -> validate/filter -> dedupe -> enrich -> route | tumbling metrics | sessions.
 
 ``build_pipeline`` is a pure function of its inputs: the IO edges (a source of ``KafkaRecord`` and a
 sink factory for ``OutputRecord``), the schema registry and the lookup handlers are injected, so the
@@ -24,6 +24,7 @@ from schemas.records import EnrichedEvent, Provenance, TrackedDeadLetter
 from schemas.registry import SchemaRegistry
 from schemas.serde import ConfluentAvroSerde
 from transforms.decode import DecodeEvents
+from transforms.dedupe import DropDuplicateEvents
 from transforms.encode import EncodeRecords
 from transforms.enrich import EnrichEvents, LookupHandler
 from transforms.infra_retry import InfraRetryConfig
@@ -133,7 +134,8 @@ def build_pipeline(
         ConfluentAvroSerde(registry, schema_json("clickstream_event")), settings.decode, settings.infrastructure
     )
     validated = decoded.events | "Validate" >> ValidateEvents(settings.validation)
-    enriched = validated.valid | "Enrich" >> EnrichEvents(settings.enrichment, lookups.users, lookups.products)
+    unique = validated.valid | "Dedupe" >> DropDuplicateEvents(settings.dedupe)
+    enriched = unique.unique | "Enrich" >> EnrichEvents(settings.enrichment, lookups.users, lookups.products)
 
     typed_outputs: dict[str, beam.PCollection] = dict(
         enriched | "Route" >> RouteEvents(settings.routes, settings.default_route)
@@ -144,7 +146,10 @@ def build_pipeline(
     typed_outputs["filtered"] = validated.filtered
 
     writes: list[_Write] = []
-    dead_letters: dict[bool, list[beam.PCollection]] = {False: [decoded.dead_letters, validated.dead_letters], True: []}
+    dead_letters: dict[bool, list[beam.PCollection]] = {
+        False: [decoded.dead_letters, validated.dead_letters, unique.dead_letters],
+        True: [],
+    }
     for name, pcoll in typed_outputs.items():
         contract = output_contract(name, settings)
         serde = _output_serde(registry, contract.contract, settings.topic(name))

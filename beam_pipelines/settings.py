@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from schemas import endpoints
 from schemas.rules import ValidationConfig
 from transforms.decode import DecodeConfig
+from transforms.dedupe import DedupeConfig
 from transforms.enrich import EnrichmentConfig
 from transforms.infra_retry import InfraRetryConfig
 from transforms.route import RouteRule
@@ -104,6 +105,7 @@ class PipelineSettings(_Frozen):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     infrastructure: InfraRetryConfig = Field(default_factory=InfraRetryConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
     enrichment: EnrichmentConfig = Field(default_factory=EnrichmentConfig)
     windows: TumblingWindowConfig = Field(default_factory=TumblingWindowConfig)
     sessions: SessionWindowConfig = Field(default_factory=SessionWindowConfig)
@@ -120,6 +122,12 @@ class PipelineSettings(_Frozen):
         missing = [n for n in self.output_names() if n not in self.kafka.output_topics]
         if missing:
             raise ValueError(f"kafka.output_topics has no topic for output(s) {missing}")
+        if self.dedupe.enabled and self.dedupe.horizon_seconds <= self.validation.max_future_skew_seconds:
+            # An id's expiry timer must stay ahead of the watermark (transforms.dedupe).
+            raise ValueError(
+                f"dedupe.horizon_seconds ({self.dedupe.horizon_seconds}) must exceed "
+                f"validation.max_future_skew_seconds ({self.validation.max_future_skew_seconds})"
+            )
         return self
 
     def worker_secrets(self) -> dict[str, SecretStr]:

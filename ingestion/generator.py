@@ -2,8 +2,9 @@
 
 Zipf-distributed users and products, funnel-shaped sessions with gaps, out-of-order and late
 arrivals (client clock skew up to ``max_skew_seconds``), some records later than any allowed
-lateness, invalid events, malformed bytes, bots and internal test users, and a mix of schema
-versions (old producers still on v1). Every record says what it is (``kind``), so tests and
+lateness, invalid events, malformed bytes, bots and internal test users, events a producer sent
+twice (``duplicate``: the same event again a few seconds later), and a mix of schema versions (old
+producers still on v1). Every record says what it is (``kind``), so tests and
 benchmarks can compute the expected outputs.
 """
 
@@ -25,7 +26,7 @@ RAW_SUBJECT = endpoints.value_subject(endpoints.RAW_TOPIC)
 COUNTRIES = {"DE": "EUR", "FR": "EUR", "US": "USD", "GB": "GBP", "PL": "PLN", "SE": "SEK"}
 CATEGORIES = ("electronics", "books", "fashion", "home", "toys", "sports")
 DEVICES = ("desktop", "mobile", "tablet")
-KINDS = ("valid", "late", "too_late", "invalid", "malformed", "bot", "test_user")
+KINDS = ("valid", "late", "too_late", "invalid", "malformed", "bot", "test_user", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class GeneratorConfig:
     too_late_share: float = 0.01
     bot_share: float = 0.02
     test_user_share: float = 0.01
+    duplicate_share: float = 0.01  # of valid events, resent by the producer 0.2-5 s later
     v1_share: float = 0.3
     max_skew_seconds: int = 300
     too_late_after_seconds: int = 900  # beyond window size + allowed lateness of the default settings
@@ -230,6 +232,8 @@ def events(config: GeneratorConfig, now_ms: int | None = None) -> list[Generated
             sessions.remove(session)
             continue
         drawn.append(_draw(rng, config, event, now_ms))
+        if drawn[-1].kind == "valid" and len(drawn) < config.events and rng.random() < config.duplicate_share:
+            drawn.append(drawn[-1]._replace(arrival_ms=drawn[-1].arrival_ms + rng.randint(200, 5000), kind="duplicate"))
     drawn.sort(key=lambda e: e.arrival_ms)
     return drawn
 

@@ -26,8 +26,9 @@ from tests.faults.conftest import FAULT_STACK, FaultStack
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 150  # events/s of steady load
-#: Generator kinds the pipeline dead-letters (contract violations, bad framing, events too old): an outage adds none.
-_MAY_BE_DEAD_LETTERED = ("invalid", "malformed", "too_late")
+#: Generator kinds the pipeline dead-letters (contract violations, bad framing, events too old, an event's second
+#: record): an outage adds none.
+_MAY_BE_DEAD_LETTERED = ("invalid", "malformed", "too_late", "duplicate")
 RESULTS: list[str] = []
 #: Registry basic auth of every case (our registry accepts any): neither it nor the PostgreSQL password of the
 #: DSN may appear in a run's log, where an outage makes the workers log their errors.

@@ -222,6 +222,7 @@ def _bad_inputs(registry, topic: str, now: int) -> dict[str, tuple[bytes | None,
         "missing_field": (event(event_id="no-user", user_id=" "), key),
         "invalid_currency": (event(event_id="euro", currency="euro"), key),
         "invalid_country": (event(event_id="germany", country="Germany"), key),
+        "duplicate_event_id": (event(event_id="good-0"), key),  # good-0 is produced first (same key: in order)
     }
 
 

@@ -21,6 +21,7 @@ def test_records_are_in_arrival_order_and_each_kind_behaves_as_labelled():
     assert [r.arrival_ms for r in records] == sorted(r.arrival_ms for r in records)
     kinds = Counter(r.kind for r in records)
     assert set(kinds) == set(KINDS)
+    sent_before = set()  # event ids of earlier records: a duplicate resends one of them
     for record in records:
         lag_ms = record.arrival_ms - record.event.event_time
         if record.kind == "malformed":
@@ -30,8 +31,12 @@ def test_records_are_in_arrival_order_and_each_kind_behaves_as_labelled():
                 continue
             raise AssertionError("a malformed record decoded")
         assert reader.decode(record.value)["event_id"] == record.event.event_id
+        if record.kind != "duplicate":
+            sent_before.add(record.event.event_id)
         if record.kind == "too_late":
             assert lag_ms > config.too_late_after_seconds * 1000
+        elif record.kind == "duplicate":
+            assert lag_ms <= 1500 + 5000 and record.event.event_id in sent_before
         elif record.kind == "late":
             assert 30_000 <= lag_ms <= config.max_skew_seconds * 1000
         else:

@@ -1,7 +1,8 @@
 """The whole graph on the DirectRunner: Confluent-framed bytes in, every output decoded and asserted.
 
 A small, hand-made dataset where every record's fate is known: two schema versions, a malformed
-record, an invalid and a filtered event, unknown users/products, a late and a too-late arrival.
+record, an invalid and a filtered event, an event sent twice (counted once), unknown users/products,
+a late and a too-late arrival.
 The sinks are the assertions; the reconciliation (in = routed + dead + filtered) is computed from the outputs.
 """
 
@@ -64,6 +65,7 @@ def _dataset(registry):
         (21, frame(_event(3, "u2", "page_view", 20), version=1)),
         (26, frame(_event(4, "u1", "add_to_cart", 25, "p1"))),
         (41, frame(_event(5, "u1", "purchase", 40, "p1", 12_500))),
+        (44, frame(_event(5, "u1", "purchase", 40, "p1", 12_500))),  # resent by the producer -> duplicate
         (46, frame(_event(6, "u2", "product_view", 45, "p404"))),  # unknown product -> partial
         (51, frame(_event(7, "u3", "page_view", 50))),  # unknown user -> not_enriched -> unrouted
         (52, b"\x01" + frame(_event(8, "u2", "page_view", 51))[1:]),  # wrong magic byte
@@ -111,7 +113,11 @@ EXPECTED = {
         ("u3", T0 + 50_000, T0 + 50_000, 0, 1, 0, 0, (), False, "ON_TIME"),
     },
     "filtered": {"e10"},
-    "dead_letters": {("decode", "bad_magic_byte", 7), ("validate", "missing_field", 8)},
+    "dead_letters": {
+        ("dedupe", "duplicate_event_id", 5),
+        ("decode", "bad_magic_byte", 8),
+        ("validate", "missing_field", 9),
+    },
 }
 ROUTES = ("orders", "high_value_alerts", "enriched", "unrouted")
 
@@ -188,7 +194,7 @@ def test_whole_pipeline_outputs_and_reconciliation(registry):
         dead = [(0, i) for n, i in fates if n == "dead_letters"]
         result = reconcile(inputs, routed, filtered, dead)
         assert result.ok and not result.duplicates, result.line()
-        assert (result.records_in, result.routed, result.dead_lettered, result.filtered) == (13, 10, 2, 1)
+        assert (result.records_in, result.routed, result.dead_lettered, result.filtered) == (14, 10, 3, 1)
 
     def all_committed(written):
         ledger = AckLedger(0)
