@@ -192,6 +192,23 @@ def ensure_topics(
         raise StackError(f"kafka: topic administration on {bootstrap} failed: {err}") from err
 
 
+def delete_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (what a benchmark or test created); the names deleted."""
+    from confluent_kafka import KafkaException
+
+    if not prefix:
+        raise ValueError("delete_topics needs a non-empty prefix")
+    admin = _admin(bootstrap, timeout_s)
+    try:
+        doomed = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(prefix)]
+        if doomed:
+            for future in admin.delete_topics(doomed, operation_timeout=timeout_s, request_timeout=timeout_s).values():
+                future.result(timeout=timeout_s)
+        return doomed
+    except KafkaException as err:
+        raise StackError(f"kafka: cannot delete topics {prefix}* on {bootstrap}: {err}") from err
+
+
 def reap_if_exited(pid: int | None) -> None:
     """Collect ``pid``'s exit status if it is our child and has exited, so it does not linger as a zombie.
 
