@@ -10,10 +10,12 @@ RUN_ARGS ?=
 EVENTS ?= 3000
 SEED ?= 7
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+PROFILE_ARGS ?=
 ARGS ?= --help
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lint run bench clean up down status template
+.PHONY: help setup test test-unit lint run bench profile clean up down status template
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,10 +56,16 @@ endif
 template: setup ## Template jobs for schedulers: make template ARGS="launch clickstream --job-name clicks" (status, list, stop, describe)
 	$(BIN)/python -m runners.templates $(ARGS)
 
-bench: setup ## Print the benchmark tables (coders; publish throughput and enrichment, which need `make up`)
+bench: setup ## Benchmark tables: coders, publish, enrichment, then the pipeline vs passthroughs and peers (BENCH_ARGS=, starts the stack)
+	$(BIN)/python -m runners.stack up
 	$(BIN)/python -m benchmarks.coders
 	$(BIN)/python -m benchmarks.publish
 	$(BIN)/python -m benchmarks.enrichment
+	$(BIN)/python -m benchmarks.end_to_end $(BENCH_ARGS)
+
+profile: setup ## Profile the pipeline's worker per stage with py-spy while it drains a generated topic (PROFILE_ARGS=)
+	$(BIN)/python -m runners.stack up
+	$(BIN)/python -m benchmarks.profile_pipeline $(PROFILE_ARGS)
 
 clean: ## Stop the local stack, remove the venv, stack data, run outputs and caches
 	-test -x $(BIN)/python && $(BIN)/python -m runners.stack down

@@ -52,6 +52,6 @@ setup(
         "matplotlib==3.11.2",
     ],
     extras_require={
-        "dev": ["pytest==9.2.0", "ruff==0.17.6"],
+        "dev": ["pytest==9.2.0", "ruff==0.17.6", "py-spy==0.4.3"],
     },
 )

@@ -169,7 +169,13 @@ def build_live_pipeline(
     client = kafka_client(settings)
     source = ReadFromKafka(
         client,
-        ReadConfig(topic=settings.kafka.input_topic, group_id=settings.kafka.consumer_group, stop_at_end=not follow),
+        ReadConfig(
+            topic=settings.kafka.input_topic,
+            group_id=settings.kafka.consumer_group,
+            stop_at_end=not follow,
+            max_records_per_bundle=settings.kafka.read_max_records_per_bundle,
+            max_bundle_seconds=settings.kafka.read_max_bundle_seconds,
+        ),
     )
     lookups = Lookups(
         PostgresUserLookup(EnvSecret(POSTGRES_DSN_ENV)),

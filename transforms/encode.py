@@ -41,6 +41,7 @@ class _EncodeFn(beam.DoFn):
         self._retry = retry
 
     def setup(self):
+        self._ok = counter(STAGE, f"{self._output}_ok")
         serve_worker_metrics()
 
     def process(self, element: Any):
@@ -59,7 +60,7 @@ class _EncodeFn(beam.DoFn):
             yield pvalue.TaggedOutput(_DEAD, letter)
             return
         key = self._key_fn(record)
-        counter(STAGE, f"{self._output}_ok").inc()
+        self._ok.inc()
         yield OutputRecord(key.encode() if key is not None else None, value, provenance)
 
 

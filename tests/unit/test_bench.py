@@ -1,0 +1,47 @@
+"""The end-to-end benchmark's own arithmetic: what the workload must produce, the process accounting and the
+profile summary (the runs themselves are in tests/integration/test_bench_end_to_end.py)."""
+
+import subprocess
+import sys
+from collections import Counter
+
+from benchmarks.measure import ResourceSampler, process_tree
+from benchmarks.profile_pipeline import summarize
+from benchmarks.workload import ROUTED_KINDS, expected_outputs, workload_config
+from ingestion.generator import generate
+from schemas.registry import InMemoryRegistry
+
+
+def test_every_record_has_exactly_one_per_record_output_in_the_expectation():
+    records = generate(workload_config(3000), InMemoryRegistry())
+    expected = expected_outputs(records)
+    kinds = Counter(r.kind for r in records)
+    assert expected.per_record_total() == expected.records == 3000
+    assert expected.per_record["events"] == sum(kinds[k] for k in ROUTED_KINDS)
+    assert 0 < expected.per_record["high_value_alerts"] < expected.per_record["orders"] < expected.per_record["events"]
+    assert 0 < expected.window_events < expected.per_record["events"]
+    assert kinds["duplicate"] == 0  # not every peer deduplicates
+
+
+def test_the_sampler_counts_the_cpu_of_a_child_process():
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass"])
+    sampler = ResourceSampler([busy.pid], interval=0.1).start()
+    assert busy.pid in process_tree([busy.pid])
+    busy.wait()
+    cpu = sampler.stop()
+    assert 0.5 < cpu < 1.5, cpu
+    assert sampler.peak_rss > 1 << 20
+
+
+def test_profile_samples_are_summed_per_stage_inclusive_and_per_kind_of_code(tmp_path):
+    raw = tmp_path / "raw.txt"
+    decode = "process (/repo/transforms/decode.py:80)"
+    raw.write_text(
+        f"run (threading.py:1);{decode};decode (site-packages/fastavro/_read.py:10) 3\n"
+        f"run (threading.py:1);{decode};loads (apache_beam/coders/coder_impl.py:5) 1\n"
+        "run (threading.py:1);process (/repo/kafkaio/sink.py:79) 4\n"
+    )
+    total, stages, kinds = summarize(raw)
+    assert total == 8
+    assert stages == Counter({"decode": 4, "write (Kafka sink)": 4})
+    assert kinds["fastavro (Avro)"] == 3 and kinds["Beam coders"] == 1
