@@ -4,6 +4,7 @@ Every system reads the same generated raw topic (Confluent Avro, ~5% invalid, ~3
 same local broker, one after another on the same cores, and writes its outputs to topics of its own:
   raw passthrough     confluent-kafka consume -> produce, bytes untouched (the physical reference)
   avro passthrough    consume -> Avro decode -> encode -> produce
+  beam passthrough    the project's Kafka source -> Kafka sink on Prism, nothing between: Beam's floor here
   beam ...            this pipeline on Prism with the native Kafka IO (the layouts/settings in SYSTEMS)
   quix / bytewax      Quix Streams 3 and Bytewax 0.21, each in its own venv (benchmarks/peers), doing the same
                       logical work: decode, validate + filter, route, 1-minute tumbling counts, dead letters
@@ -84,9 +85,9 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def _passthrough(mode: str) -> Callable[[Topics, StackSettings], list[str]]:
+def _passthrough(module: str, *extra: str) -> Callable[[Topics, StackSettings], list[str]]:
     def argv(topics: Topics, stack: StackSettings) -> list[str]:
-        return [sys.executable, "-m", "benchmarks.passthrough", "--mode", mode, *_common(topics, stack)]
+        return [sys.executable, "-m", module, *extra, *_common(topics, stack)]
 
     return argv
 
@@ -136,8 +137,19 @@ BEAM_OUTPUTS = (
     "dead_letters",
 )
 SYSTEMS = {
-    "raw": System("raw passthrough", _passthrough("raw"), ("events",), checks=False),
-    "avro": System("avro passthrough", _passthrough("avro"), ("events",), checks=False),
+    "raw": System(
+        "raw passthrough", _passthrough("benchmarks.passthrough", "--mode", "raw"), ("events",), checks=False
+    ),
+    "avro": System(
+        "avro passthrough", _passthrough("benchmarks.passthrough", "--mode", "avro"), ("events",), checks=False
+    ),
+    "beam-floor": System(
+        "beam passthrough (floor)",
+        _passthrough("benchmarks.beam_passthrough"),
+        ("events",),
+        uses_prism=True,
+        checks=False,
+    ),
     "beam": System("beam on prism", _beam(), BEAM_OUTPUTS, "enriched_event", uses_prism=True),
     "beam-bundle1000": System(
         "beam, 1000/bundle",

@@ -14,7 +14,7 @@ import uuid
 from ingestion.generator import GeneratorConfig, events
 from ingestion.metrics import IngestionMetrics
 from ingestion.publisher import ProducerSettings, Publisher
-from runners.stack.kafka import ensure_topics
+from runners.stack.kafka import delete_topics, ensure_topics
 from runners.stack.process import port_open
 from schemas import endpoints
 from schemas.registry import ConfluentRegistry
@@ -29,22 +29,11 @@ SETTINGS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", endpoints.KAFKA_BOOTSTRAP))
-    parser.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", endpoints.REGISTRY_URL))
-    args = parser.parse_args(argv)
-    host, port = args.bootstrap.split(",")[0].rsplit(":", 1)
-    if not port_open(host, int(port)):
-        print(f"error: no broker at {args.bootstrap}; start the local stack with `make up`", file=sys.stderr)
-        return 2
-    now = int(time.time() * 1000)
-    sample = [e.event for e in events(GeneratorConfig(events=args.events, invalid_share=0, malformed_share=0), now)]
-    registry = ConfluentRegistry(args.registry_url)
+def _measure(args: argparse.Namespace, sample: list, registry: ConfluentRegistry, run: str) -> list[tuple]:
+    """One row per setting, each on a fresh topic named ``run`` + a number."""
     rows = []
-    for label, linger, batch, compression in SETTINGS:
-        topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
+    for i, (label, linger, batch, compression) in enumerate(SETTINGS):
+        topic = f"{run}{i}"
         ensure_topics(args.bootstrap, [topic], partitions=6)
         metrics = IngestionMetrics()
         settings = ProducerSettings(linger_ms=linger, batch_size=batch, compression=compression)
@@ -62,6 +51,27 @@ def main(argv: list[str] | None = None) -> int:
             / max(1, total["ingestion_publish_latency_seconds_count"])
         )
         rows.append((label, linger, batch, compression, publisher.acked, in_doubt + publisher.failed, seconds, mean_ms))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", endpoints.KAFKA_BOOTSTRAP))
+    parser.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", endpoints.REGISTRY_URL))
+    args = parser.parse_args(argv)
+    host, port = args.bootstrap.split(",")[0].rsplit(":", 1)
+    if not port_open(host, int(port)):
+        print(f"error: no broker at {args.bootstrap}; start the local stack with `make up`", file=sys.stderr)
+        return 2
+    now = int(time.time() * 1000)
+    sample = [e.event for e in events(GeneratorConfig(events=args.events, invalid_share=0, malformed_share=0), now)]
+    registry = ConfluentRegistry(args.registry_url)
+    run = f"bench-publish-{uuid.uuid4().hex[:8]}."
+    try:
+        rows = _measure(args, sample, registry, run)
+    finally:
+        delete_topics(args.bootstrap, run)
     base = rows[1][4] / rows[1][6]
     print(f"{args.events:,} events per setting, acks=all, idempotence on, 6 partitions, broker {args.bootstrap}")
     columns = (("linger", 7), ("batch", 9), ("codec", 6), ("acked", 9), ("lost", 6), ("events/s", 11))
