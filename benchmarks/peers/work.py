@@ -1,6 +1,6 @@
 """The per-record work of the pipeline, Beam-free, shared by the peer apps (Quix Streams, Bytewax).
 
-``Work.judge`` turns one input record (raw Kafka key and value) into the output records to produce: decode
+``Work.verdict`` turns one input record (raw Kafka key and value) into the output records to produce: decode
 (Confluent Avro, read with the current contract), validate (``schemas.rules``), filter, route (events, orders,
 high-value alerts), each output encoded with its contract and registered under ``<topic>-value``. Every input
 record ends as exactly one events, filtered or dead_letters record (plus copies in orders/alerts).
@@ -155,18 +155,6 @@ class Work:
         self._config = ValidationConfig()
         self._bots = re.compile(self._config.bot_user_agent_pattern)
 
-    def judge(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        topic: str | None,
-        partition: int | None,
-        offset: int | None,
-        now: int | None = None,
-    ) -> list[Output]:
-        """The records to produce for one input record."""
-        return self.verdict(key, value, topic, partition, offset, now).outputs
-
     def verdict(
         self,
         key: bytes | None,
@@ -176,7 +164,7 @@ class Work:
         offset: int | None,
         now: int | None = None,
     ) -> Verdict:
-        """``judge``'s outputs and, for a valid event, its window input."""
+        """The records to produce for one input record and, for a valid event, its window input."""
         where = (key, value, topic, partition, offset)
         if value is None:
             return self._dead(*where, "decode", "tombstone", "null value (a tombstone): raw events are never deleted")

@@ -56,7 +56,7 @@ def test_a_v1_writer_record_resolves(work, registry):
     v1 = ConfluentAvroSerde(registry, schema_json("clickstream_event.v1"), f"{RAW}-value")
     event = make_event()
     record = {k: v for k, v in event._asdict().items() if k != "referrer"}
-    assert [o.name for o in work.judge(b"u00001", v1.encode(record), RAW, 0, 2)] == ["events", "orders"]
+    assert [o.name for o in work.verdict(b"u00001", v1.encode(record), RAW, 0, 2).outputs] == ["events", "orders"]
 
 
 def test_a_bot_is_filtered(work, registry, raw_writer):
@@ -87,14 +87,14 @@ def test_a_bad_magic_byte_is_a_decode_dead_letter(work, registry, raw_writer):
     [(None, "tombstone"), (b"", "empty_value"), (b"\x00\x00", "truncated_record"), (b"\x00\x00\x00\x03\xe7x", None)],
 )
 def test_undecodable_records_are_dead_letters(work, registry, value, code):
-    (output,) = work.judge(None, value, RAW, 0, 5)
+    (output,) = work.verdict(None, value, RAW, 0, 5).outputs
     letter = _decode(registry, "dead_letter", output.value)
     assert output.name == "dead_letters" and letter["stage"] == "decode"
     assert letter["error_code"] == (code or "unknown_schema_id")
 
 
 def test_a_missing_user_is_a_validate_dead_letter(work, registry, raw_writer):
-    (output,) = work.judge(b"", frame(raw_writer, make_event(user_id="")), RAW, 1, 9)
+    (output,) = work.verdict(b"", frame(raw_writer, make_event(user_id="")), RAW, 1, 9).outputs
     letter = _decode(registry, "dead_letter", output.value)
     assert output.name == "dead_letters" and output.key == f"{RAW}:1:9".encode()
     assert (letter["stage"], letter["error_code"]) == ("validate", "missing_field")
@@ -104,7 +104,7 @@ def test_a_missing_user_is_a_validate_dead_letter(work, registry, raw_writer):
 def test_now_decides_what_is_in_the_future(work, registry, raw_writer):
     event = make_event()
     value = frame(raw_writer, event)
-    (output,) = work.judge(b"u00001", value, RAW, 0, 1, now=event.event_time - 3_600_000)
+    (output,) = work.verdict(b"u00001", value, RAW, 0, 1, now=event.event_time - 3_600_000).outputs
     assert _decode(registry, "dead_letter", output.value)["error_code"] == "event_time_in_future"
 
 
