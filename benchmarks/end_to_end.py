@@ -239,7 +239,6 @@ class Bench:
             cpu=cpu,
             peak_rss=sampler.peak_rss,
             counts={name: counts[topic] for name, topic in topics.outputs.items()},
-            window_events=None,
         ), topics
 
     def latency(self, key: str, system: System, rate: float, seconds: float, load: int) -> tuple[float, float, float]:
