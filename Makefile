@@ -29,7 +29,7 @@ $(BIN)/.installed: setup.py pyproject.toml
 setup: $(BIN)/.installed ## Create the venv and install the project (idempotent)
 
 test: setup ## Run the whole test suite
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+	$(BIN)/pytest tests --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup ## Run the DirectRunner unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -22,8 +22,8 @@ def test_the_benchmark_measures_every_system_on_one_workload_and_cleans_up(tmp_p
     try:
         subprocess.run(["make", "up"], cwd=REPO, capture_output=True, timeout=900, check=True)
         done = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.end_to_end", "--events", "3000"]
-            + ["--latency-seconds", "3", "--systems", "raw,beam,quix,bytewax", "--plot", str(plot)],
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.end_to_end", "--events", "2000"]
+            + ["--latency-seconds", "2", "--systems", "raw,beam,quix,bytewax", "--plot", str(plot)],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -148,7 +148,7 @@ def test_idle_partition_does_not_hold_windows_back(live_settings, prism):
 
 
 def test_killed_runner_restarts_from_committed_offsets_without_loss(live_settings, prism):
-    """(c) Prism SIGKILLed mid-stream (20k records, still reading), started again: it resumes from committed offsets.
+    """(c) Prism SIGKILLed mid-stream (8000 records, still reading), started again: it resumes from committed offsets.
 
     Offsets are committed once a record's outputs are acknowledged by Kafka, so whatever Prism held in memory
     when it died is read again: nothing lost, duplicates bounded by the uncommitted tail.
@@ -157,7 +157,7 @@ def test_killed_runner_restarts_from_committed_offsets_without_loss(live_setting
     registry = registry_for(settings)
     topic = settings.kafka.input_topic
     outputs_before = {name: {} for name in settings.output_names()}
-    records = publish_sample(settings, GeneratorConfig(seed=33, events=20000), registry)
+    records = publish_sample(settings, GeneratorConfig(seed=33, events=8000), registry)
     first = subprocess.Popen(
         _cli(settings, prism, "--events", "0"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
