@@ -33,13 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-
 from beam_pipelines.settings import load_settings
 from benchmarks import measure
 from benchmarks.peers.work import HIGH_VALUE_MINOR, ORDER_TYPES
 from benchmarks.workload import Expected, expected_outputs, feed_records, paced_feed, workload_config
-from runners.live import publish_sample
+from runners.live import end_offsets, publish_sample, read_range
 from runners.prism import PrismJobServer
 from runners.stack.kafka import delete_topics, ensure_topics
 from runners.stack.process import port_open, stack_path
@@ -186,6 +184,7 @@ class Measured:
 class Bench:
     def __init__(self, stack: StackSettings, run_id: str, timeout: float):
         self.stack = stack
+        self.settings = load_settings(overrides=(f"kafka.bootstrap_servers={stack.kafka_bootstrap}",))
         self.run_id = run_id
         self.timeout = timeout
         self.registry = ConfluentRegistry(stack.registry_url)
@@ -197,14 +196,17 @@ class Bench:
         ensure_topics(self.stack.kafka_bootstrap, outputs.values(), partitions=PARTITIONS)
         return Topics(input_topic, f"{prefix}.group", outputs)
 
-    def start(self, system: System, topics: Topics) -> tuple[subprocess.Popen, measure.ResourceSampler]:
+    def start(self, system: System, topics: Topics) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(REPO), **system.env}
         with open(stack_path("bench", f"{self.run_id}-{topics.group}.log"), "wb") as log:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 system.argv(topics, self.stack), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
             )
+
+    def sample(self, system: System, proc: subprocess.Popen) -> measure.ResourceSampler:
+        """CPU and RSS of ``proc``'s tree, and of Prism's job server when the system runs on it."""
         roots = [proc.pid] + ([self.prism_pid] if system.uses_prism and self.prism_pid else [])
-        return proc, measure.ResourceSampler(roots).start()
+        return measure.ResourceSampler(roots).start()
 
     def stop(self, proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGTERM)
@@ -217,12 +219,11 @@ class Bench:
     def throughput(self, key: str, system: System, input_topic: str, expected: int) -> tuple[Measured, Topics]:
         topics = self.topics(key, "max", system, input_topic)
         started = time.monotonic()
-        proc, sampler = self.start(system, topics)
+        proc = self.start(system, topics)
+        sampler = self.sample(system, proc)
         try:
             outputs = topics.per_record()
-            measure.wait_for_records(
-                self.stack.kafka_bootstrap, outputs, expected, self.timeout, lambda: proc.poll() is None
-            )
+            measure.wait_for_records(self.settings, outputs, expected, self.timeout, lambda: proc.poll() is None)
             wall = time.monotonic() - started
             time.sleep(3)  # let the windows of the last events fire
         finally:
@@ -231,7 +232,7 @@ class Bench:
         spans = [measure.topic_span(self.stack.kafka_bootstrap, t) for t in outputs]
         first = min(s.first_ms for s in spans if s.first_ms is not None)
         last = max(s.last_ms for s in spans if s.last_ms is not None)
-        counts = measure.topic_records(self.stack.kafka_bootstrap, list(topics.outputs.values()))
+        counts = measure.records_in(self.settings, list(topics.outputs.values()))
         return Measured(
             records=sum(s.records for s in spans),
             seconds=(last - first) / 1000,
@@ -249,24 +250,23 @@ class Bench:
         warmup = feed_records(config, self.registry, 200, seed=load)
         # Capped: a paced Python producer tops out near 100k records/s, so the fastest systems are fed at that.
         feed = feed_records(config, self.registry, max(100, min(int(rate * seconds), MAX_FEED)), seed=load + 1)
-        proc, sampler = self.start(system, topics)
+        proc = self.start(system, topics)
         try:
             paced_feed(self.stack.kafka_bootstrap, input_topic, warmup, 200)
             outputs = topics.per_record()
             alive = lambda: proc.poll() is None  # noqa: E731
-            measure.wait_for_records(self.stack.kafka_bootstrap, outputs, len(warmup), self.timeout, alive)
+            measure.wait_for_records(self.settings, outputs, len(warmup), self.timeout, alive)
             sent = paced_feed(self.stack.kafka_bootstrap, input_topic, feed, rate)
             total = len(warmup) + len(feed)
-            measure.wait_for_records(self.stack.kafka_bootstrap, outputs, total, self.timeout, alive)
+            measure.wait_for_records(self.settings, outputs, total, self.timeout, alive)
         finally:
-            sampler.stop()
             self.stop(proc)
         return _percentiles(self._latencies(topics.outputs["events"], system.events_contract, sent))
 
     def _latencies(self, topic: str, contract: str, sent: dict[str, int]) -> list[int]:
         serde = ConfluentAvroSerde(self.registry, schema_json(contract))
         out = []
-        for value, ts in _read_all(self.stack.kafka_bootstrap, topic):
+        for value, ts in self._records(topic):
             try:
                 row = serde.decode(value)
             except SerdeError:  # a passthrough forwards bad records as they are
@@ -276,11 +276,16 @@ class Bench:
                 out.append(ts - sent[event_id])
         return out
 
+    def _records(self, topic: str) -> list[tuple[bytes, int]]:
+        """(value, timestamp ms) of every record of ``topic``."""
+        messages = read_range(self.settings, topic, {}, end_offsets(self.settings, topic))
+        return [(m.value(), m.timestamp()[1]) for m in messages]
+
     def window_events(self, topic: str, cut_ms: int) -> int:
         """Events counted by the windows closed everywhere: the last pane of each window key, summed."""
         serde = ConfluentAvroSerde(self.registry, schema_json("window_metric"))
         last: dict[tuple, tuple[int, int]] = {}
-        for value, _ts in _read_all(self.stack.kafka_bootstrap, topic):
+        for value, _ts in self._records(topic):
             row = serde.decode(value)
             start = row["window_start"]
             start = epoch_millis(start) if isinstance(start, dt.datetime) else start
@@ -290,30 +295,6 @@ class Bench:
             if k not in last or row["pane_index"] >= last[k][0]:
                 last[k] = (row["pane_index"], row["event_count"])
         return sum(count for _, count in last.values())
-
-
-def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, int]]:
-    """(value, timestamp ms) of every record of ``topic``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex[:6]}"})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        ends = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        records, done = [], set()
-        while len(done) < len(ends):
-            for msg in consumer.consume(1000, timeout=1.0):
-                if msg.error():
-                    continue
-                records.append((msg.value(), msg.timestamp()[1]))
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    done.add(msg.partition())
-        return records
-    finally:
-        consumer.close()
 
 
 def _percentiles(values: list[int]) -> tuple[float, float, float]:
@@ -347,7 +328,7 @@ def _share(got: int | None, want: int) -> str:
 def print_table(rows: list[tuple[System, Measured, str]], expected: Expected) -> None:
     rates = {s.name: m.rate for s, m, _ in rows}
     base = rates.get(SYSTEMS["raw"].name) or (rows[0][1].rate if rows else 1.0)
-    avro = rates.get(SYSTEMS["avro"].name) or base
+    avro = rates.get(SYSTEMS["avro"].name)  # not in every run: then its column is "-"
     print(
         f"\n{expected.records:,} records (6 partitions); expected: "
         + ", ".join(f"{k} {v:,}" for k, v in expected.per_record.items())
@@ -365,7 +346,7 @@ def print_table(rows: list[tuple[System, Measured, str]], expected: Expected) ->
         )
         cpu_per_m = m.cpu / max(1, m.records) * 1e6
         print(
-            f"{system.name:<26}{m.rate:>10,.0f}{m.rate / base:>7.3f}x{m.rate / avro:>7.3f}x"
+            f"{system.name:<26}{m.rate:>10,.0f}{m.rate / base:>7.3f}x{f'{m.rate / avro:.3f}x' if avro else '-':>8}"
             f"{m.wall:>8.1f}{cpu_per_m:>9.0f}"
             f"{m.peak_rss / 2**20:>9.0f}{lat}{_share(m.window_events, expected.window_events):>10}  {ok}"
         )

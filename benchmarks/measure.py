@@ -1,14 +1,17 @@
 """What the end-to-end benchmark measures of a system under test: CPU seconds and peak RSS of its processes
-(read from /proc, children included), and how far its outputs have got (Kafka end offsets)."""
+(read from /proc, children included), how far its outputs have got (Kafka end offsets) and when they were
+written (first and last record timestamps)."""
 
-import contextlib
 import os
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+
+from beam_pipelines.settings import PipelineSettings
+from runners.live import end_offsets_of
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -101,23 +104,6 @@ class TopicSpan:
     last_ms: int | None  # the largest timestamp of a partition's last record
 
 
-def topic_records(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    """Records per topic (sum of end minus start offsets over partitions)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "enable.auto.commit": False})
-    try:
-        counts = {}
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            total = 0
-            for p in meta.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                total += high - low
-            counts[topic] = total
-        return counts
-    finally:
-        consumer.close()
-
-
 def topic_span(bootstrap: str, topic: str) -> TopicSpan:
     """Count and the first/last record timestamps of ``topic``: reads only each partition's first and last record."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-span", "enable.auto.commit": False})
@@ -140,14 +126,19 @@ def topic_span(bootstrap: str, topic: str) -> TopicSpan:
         consumer.close()
 
 
-def wait_for_records(bootstrap: str, topics: list[str], expected: int, timeout: float, alive=lambda: True) -> float:
+def records_in(settings: PipelineSettings, topics: list[str]) -> dict[str, int]:
+    """Records per topic: its end offsets summed (the benchmark's topics are new, so they start at 0)."""
+    return {topic: sum(ends.values()) for topic, ends in end_offsets_of(settings, topics).items()}
+
+
+def wait_for_records(
+    settings: PipelineSettings, topics: list[str], expected: int, timeout: float, alive=lambda: True
+) -> float:
     """Waits until ``topics`` hold ``expected`` records together; the seconds it took. Raises on timeout or when
     ``alive()`` turns False (the system under test died)."""
     started = time.monotonic()
-    have = 0
     while True:
-        with contextlib.suppress(KafkaException):  # a topic created just now may have no leader yet
-            have = sum(topic_records(bootstrap, topics).values())
+        have = sum(records_in(settings, topics).values())
         if have >= expected:
             return time.monotonic() - started
         if not alive():

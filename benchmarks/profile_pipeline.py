@@ -6,6 +6,7 @@ py-spy samples are kept under ``.stack/bench/`` for a flame graph (``py-spy`` ``
 """
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from beam_pipelines.settings import load_settings
 from benchmarks import measure
-from benchmarks.end_to_end import PARTITIONS, SYSTEMS, Bench, System, _beam
+from benchmarks.end_to_end import PARTITIONS, SYSTEMS, Bench, _beam
 from benchmarks.workload import workload_config
 from runners.live import publish_sample
 from runners.stack.kafka import delete_topics, ensure_topics
@@ -51,10 +52,6 @@ KINDS = (
 )
 
 
-def _frames(stack: str) -> list[str]:
-    return stack.split(";")
-
-
 def summarize(raw: Path) -> tuple[int, Counter, Counter]:
     """(samples, inclusive samples per stage, self samples per kind of code) of a py-spy raw file."""
     total, stages, kinds = 0, Counter(), Counter()
@@ -64,7 +61,7 @@ def summarize(raw: Path) -> tuple[int, Counter, Counter]:
             continue
         n = int(count)
         total += n
-        frames = _frames(stack)
+        frames = stack.split(";")
         for path, stage in STAGES.items():
             if any(path in frame for frame in frames):
                 stages[stage] += n
@@ -90,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides=(f"kafka.bootstrap_servers={stack.kafka_bootstrap}", f"kafka.input_topic={input_topic}")
         )
         records = publish_sample(settings, workload_config(args.events), bench.registry)
-        base = SYSTEMS["beam"]
-        system = System(base.name, _beam(*args.overrides), base.outputs, base.events_contract, uses_prism=True)
+        system = dataclasses.replace(SYSTEMS["beam"], argv=_beam(*args.overrides))
         topics = bench.topics("beam", "profile", system, input_topic)
-        proc, sampler = bench.start(system, topics)
+        proc = bench.start(system, topics)
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid), "-r", str(args.rate)]
             + ["--format", "raw", "-o", str(raw), "--gil"],
@@ -103,13 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         try:
             measure.wait_for_records(
-                stack.kafka_bootstrap, topics.per_record(), len(records), 1800, lambda: proc.poll() is None
+                bench.settings, topics.per_record(), len(records), 1800, lambda: proc.poll() is None
             )
         finally:
             seconds = time.monotonic() - started
             spy.send_signal(2)
             spy.wait(60)
-            sampler.stop()
             bench.stop(proc)
         total, stages, kinds = summarize(raw)
         print(f"{len(records):,} records drained in {seconds:.1f}s ({len(records) / seconds:,.0f}/s incl. start-up)")
