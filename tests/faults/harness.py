@@ -162,6 +162,17 @@ class Pipeline:
         self.proc.wait(timeout=90)
         return self.proc.returncode
 
+    def threads(self) -> str:
+        """py-spy's dump of the launcher's threads, its LOOPBACK workers among them: where a stalled job waits."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "(the launcher is not running)"
+        spy = [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(self.proc.pid)]
+        try:
+            done = subprocess.run(spy, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(py-spy dump failed: {exc})"
+        return done.stdout + done.stderr
+
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
@@ -207,6 +218,7 @@ def run_case(
         wait_committed(settings, end_offsets(settings, settings.kafka.input_topic), 180)
     except AssertionError:
         print(f"--- last lines of the pipeline's log {log_file}:\n{pipeline.tail()}")
+        print(f"--- the launcher's threads:\n{pipeline.threads()}")
         raise
     finally:
         load.stop.set()

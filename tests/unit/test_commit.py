@@ -7,11 +7,13 @@ from typing import Any
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.shared import Shared
+from apache_beam.utils.timestamp import Timestamp
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 import kafkaio.commit
-from kafkaio.commit import AckLedger, CommitOffsets, _CommitFn
+from kafkaio.commit import AckLedger, CommitOffsets, _AcksOfBundleFn, _CommitFn
 from kafkaio.config import ClientConfig
 from schemas.records import Provenance
 from tests.unit.conftest import batch_options
@@ -137,8 +139,8 @@ def commit_fn(monkeypatch):
 
 def feed(fn: _CommitFn, states: dict[int, FakeState], acks: list[Provenance]) -> None:
     fn.start_bundle()
-    for a in acks:
-        fn.process((f"{a.partition}:{a.topic}", a), ledger_state=states.setdefault(a.partition, FakeState()))
+    for a in acks:  # one list per ack: the committer is indifferent to how a bundle's acks are grouped
+        fn.process((f"{a.partition}:{a.topic}", [a]), ledger_state=states.setdefault(a.partition, FakeState()))
     fn.finish_bundle()
 
 
@@ -202,3 +204,17 @@ def test_a_ledger_with_nothing_pending_is_still_the_ledger(commit_fn):
     fn._ledgers.by_partition.clear()
     feed(fn, {0: state}, [ack(7)])
     assert consumer.commits == [[(TOPIC, 0, 8)]]
+
+
+def test_a_bundles_acknowledgements_cross_the_shuffle_as_one_list_per_partition():
+    fn = _AcksOfBundleFn()
+    fn.start_bundle()
+    for a, seconds in ((ack(7), 30), (ack(2, partition=1), 10), (ack(8), 20)):
+        fn.process(a, timestamp=Timestamp(seconds))
+    out = {wv.value[0]: (wv.value[1], wv.timestamp, wv.windows) for wv in fn.finish_bundle()}
+    assert out == {
+        f"0:{TOPIC}": ([ack(7), ack(8)], Timestamp(20), (GlobalWindow(),)),  # the earliest timestamp of the list
+        f"1:{TOPIC}": ([ack(2, partition=1)], Timestamp(10), (GlobalWindow(),)),
+    }
+    fn.start_bundle()
+    assert list(fn.finish_bundle()) == []  # nothing carried over from the last bundle
