@@ -63,6 +63,12 @@ class KafkaSettings(_Frozen):
     read_max_bundle_seconds: float = Field(
         0.5, gt=0, description="Longest a reader bundle of one partition runs (the latency bound of a small batch)."
     )
+    client_stall_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A reader partition or a writer flush without progress this long, while Kafka has records "
+        "for it, gets a new Kafka client (librdkafka can keep a partition leaderless after a broker restart).",
+    )
     partitions: int = Field(6, ge=1, description="Partitions of topics the local stack creates.")
     retention_hours: int = Field(168, ge=1, description="Retention of topics the local stack creates.")
     sasl_username: str | None = Field(None, description="SASL/PLAIN user for secured clusters.")

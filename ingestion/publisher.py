@@ -2,7 +2,8 @@
 
 A full local queue (``BufferError``) means librdkafka is waiting for the broker: the sender serves
 delivery reports and retries instead of dropping. Delivery callbacks are the only source of truth
-for "acknowledged"; ``flush()`` says how many are still in doubt, which decides the exit code.
+for "acknowledged"; ``flush()`` says how many are still in doubt, which decides the exit code. The
+producer is a ``kafkaio.RecoveringProducer``: one that stops delivering after a broker restart is replaced.
 """
 
 import threading
@@ -10,11 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.limiter import AimdRateLimiter
 from ingestion.metrics import IngestionMetrics
+from kafkaio.producer import RecoveringProducer
 from schemas import endpoints
 from schemas.catalog import schema_json
 from schemas.records import ClickEvent, to_avro
@@ -42,6 +44,9 @@ class ProducerSettings(BaseModel):
     )
     queue_max_messages: int = Field(100_000, gt=0, description="Local queue bound; when full the sender waits.")
     delivery_timeout_ms: int = Field(120_000, gt=0, description="How long librdkafka retries one message.")
+    stall_seconds: float = Field(
+        15.0, gt=0, description="No delivery report this long with events outstanding: a new producer sends them."
+    )
     keyed_event_types: frozenset[str] = Field(
         ORDERED_EVENT_TYPES,
         description="Event types keyed by user_id (per-user order kept); others use no key (sticky partitioner).",
@@ -79,7 +84,9 @@ class Publisher:
             registry, schema_json("clickstream_event"), subject=endpoints.value_subject(topic)
         )
         self._serde.schema_id()  # register up front: a registry refusal fails the start, not each event
-        self._producer = Producer({**client_config, **settings.librdkafka_config()})
+        self._producer = RecoveringProducer(
+            {**client_config, **settings.librdkafka_config()}, settings.stall_seconds, f"publisher to {topic}"
+        )
         self._lock = threading.Lock()
         self._delivered = threading.Condition(self._lock)  # signalled per delivery report: queue space freed
         self.sent = 0

@@ -2,11 +2,13 @@
 
 ``ReadFromKafka`` is a splittable DoFn with one restriction per topic-partition; ``WriteToKafka`` a DoFn
 whose bundle fails unless Kafka acknowledged every record; ``CommitOffsets`` commits an input offset once
-every output of the records before it is acknowledged. See each module for the guarantees.
+every output of the records before it is acknowledged; ``RecoveringProducer`` replaces a producer that stopped
+delivering. See each module for the guarantees.
 """
 
 from kafkaio.commit import AckLedger, CommitOffsets
 from kafkaio.config import ClientConfig, KafkaConfigError
+from kafkaio.producer import RecoveringProducer
 from kafkaio.sink import KafkaWriteError, WriteToKafka
 from kafkaio.source import KafkaPartition, ReadConfig, ReadFromKafka
 
@@ -19,5 +21,6 @@ __all__ = [
     "KafkaWriteError",
     "ReadConfig",
     "ReadFromKafka",
+    "RecoveringProducer",
     "WriteToKafka",
 ]

@@ -8,6 +8,9 @@ it; Prism fails the job, and the job started again re-reads what was not complet
 retried bundle may write records a second time; consumers dedupe by key / event id. Only then does it emit the
 ``Provenance`` of each record written (records of per-record outputs carry one), for ``CommitOffsets``.
 
+The producer is a ``RecoveringProducer``: one that stops delivering (librdkafka after a broker restart) is
+replaced within ``stall_seconds`` and the bundle's unacknowledged records are sent again.
+
 Each acknowledgement also counts ``clickstream_written_total`` and, for records made from an input record,
 observes ``clickstream_end_to_end_latency_seconds``: that record's Kafka timestamp to this acknowledgement.
 """
@@ -20,9 +23,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 
 from kafkaio.config import ClientConfig
+from kafkaio.producer import RecoveringProducer
 from schemas.records import OutputRecord, Provenance
 from telemetry.endpoint import serve_worker_metrics
 from telemetry.metrics import END_TO_END_SECONDS, WRITTEN
@@ -35,13 +39,16 @@ class KafkaWriteError(RuntimeError):
 
 
 class _WriteFn(beam.DoFn):
-    def __init__(self, topic: str, client: ClientConfig, flush_timeout_seconds: float):
+    def __init__(self, topic: str, client: ClientConfig, flush_timeout_seconds: float, stall_seconds: float):
         self._topic = topic
         self._client = client
         self._flush_timeout_seconds = flush_timeout_seconds
+        self._stall_seconds = stall_seconds
 
     def setup(self) -> None:
-        self._producer = Producer({**_PRODUCER_DEFAULTS, **self._client.resolve()})
+        self._producer = RecoveringProducer(
+            {**_PRODUCER_DEFAULTS, **self._client.resolve()}, self._stall_seconds, f"writer of {self._topic}"
+        )
         self._written = beam.metrics.Metrics.counter("kafkaio", f"records_written[{self._topic}]")
         self._written_total = WRITTEN.labels(self._topic)
         self._latency = END_TO_END_SECONDS.labels(self._topic)
@@ -97,13 +104,16 @@ class WriteToKafka(beam.PTransform[beam.PCollection[OutputRecord], beam.PCollect
     """Writes ``OutputRecord``s (key, Confluent-framed value) to ``topic``; returns the provenance of each
     record Kafka acknowledged."""
 
-    def __init__(self, topic: str, client: ClientConfig, flush_timeout_seconds: float = 300.0):
+    def __init__(
+        self, topic: str, client: ClientConfig, flush_timeout_seconds: float = 300.0, stall_seconds: float = 15.0
+    ):
         super().__init__()
         self._topic = topic
         self._client = client
         self._flush_timeout_seconds = flush_timeout_seconds
+        self._stall_seconds = stall_seconds
 
     def expand(self, records: beam.PCollection[OutputRecord]) -> beam.PCollection[Provenance]:
         return records | "Produce" >> beam.ParDo(
-            _WriteFn(self._topic, self._client, self._flush_timeout_seconds)
+            _WriteFn(self._topic, self._client, self._flush_timeout_seconds, self._stall_seconds)
         ).with_output_types(Provenance)

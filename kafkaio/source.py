@@ -23,6 +23,11 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
 - A broker that is down or restarting is waited out, not failed on: librdkafka reconnects by itself, so a
   transient error (``is_transient``) ends the slice and the partition is polled again after a short delay;
   partition discovery likewise tries again at its next interval. Only permanent errors fail the bundle.
+- A partition that gave no record for ``stall_seconds`` is checked against the broker's end offset; when the
+  broker has records past the position (or cannot say), the partition gets a new consumer. Why: after a broker
+  restart librdkafka can keep a partition leaderless for good (librdkafka issue #5430): measured in the broker
+  fault case, a reader's consumer then returned nothing while 1,382 records waited, and its stale cached end
+  offset made the partition look caught up.
 """
 
 import logging
@@ -73,6 +78,7 @@ _TRANSIENT = {
     *_NO_LEADER_YET,
 }
 _RETRY_DELAY_S = 1.0
+_STALL_QUERY_TIMEOUT_S = 2.0
 
 
 def is_transient(error: KafkaError) -> bool:
@@ -113,6 +119,11 @@ class ReadConfig(BaseModel):
     max_bundle_seconds: float = Field(0.5, gt=0, description="Time spent per partition before a checkpoint.")
     poll_timeout_seconds: float = Field(0.1, gt=0, description="How long one poll of an idle partition waits.")
     discovery_interval_seconds: float = Field(10.0, gt=0, description="How often new partitions are looked for.")
+    stall_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A partition without records this long, while the broker has more, gets a new consumer.",
+    )
 
     @model_validator(mode="after")
     def _timestamp_given(self) -> "ReadConfig":
@@ -353,6 +364,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     def setup(self) -> None:
         # partition -> (consumer, the offset it returns next)
         self._consumers: dict[KafkaPartition, tuple[Consumer, int]] = {}
+        # partition -> monotonic time since which it gave no record (or of its last stall check)
+        self._quiet_since: dict[KafkaPartition, float] = {}
         self._read = beam.metrics.Metrics.counter("kafkaio", f"records_read[{self._config.topic}]")
         serve_worker_metrics()
 
@@ -426,10 +439,42 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             self._consumers[element] = (consumer, -1)
             tracker.defer_remainder(Duration(seconds=_RETRY_DELAY_S))
             return
+        if position > restriction.start:
+            self._quiet_since[element] = time.monotonic()
+        elif idle and self._replaced_if_stalled(consumer, element, position):
+            tracker.defer_remainder(Duration(seconds=0))
+            return
         caught_up = at_end or (idle and self._caught_up(consumer, element, position))
         if caught_up:  # an empty poll alone proves nothing: the fetch after a seek may simply not be back yet
             watermark.advance_if_idle(config.idle_timeout_seconds)
         tracker.defer_remainder(Duration(seconds=config.poll_timeout_seconds if caught_up else 0))
+
+    def _replaced_if_stalled(self, consumer: Consumer, partition: KafkaPartition, position: int) -> bool:
+        """Once per ``stall_seconds`` without records: drops the consumer if the broker has records past
+        ``position`` (or cannot say), so the next slice reads with a new one; True when it did."""
+        now = time.monotonic()
+        if now - self._quiet_since.setdefault(partition, now) < self._config.stall_seconds:
+            return False
+        self._quiet_since[partition] = now
+        tp = TopicPartition(partition.topic, partition.partition)
+        try:
+            _, end = consumer.get_watermark_offsets(tp, timeout=_STALL_QUERY_TIMEOUT_S, cached=False)
+        except KafkaException as err:
+            end = f"unknown ({err.args[0].str()})"
+        else:
+            if end <= position:
+                return False  # caught up: the partition is quiet, not stuck
+        _LOG.warning(
+            "no record from %s[%d] for %.0f s at offset %d, end offset %s: reading it with a new consumer",
+            partition.topic,
+            partition.partition,
+            self._config.stall_seconds,
+            position,
+            end,
+        )
+        del self._consumers[partition]
+        consumer.close()
+        return True
 
     @staticmethod
     def _caught_up(consumer: Consumer, partition: KafkaPartition, position: int) -> bool:

@@ -175,6 +175,7 @@ def build_live_pipeline(
             stop_at_end=not follow,
             max_records_per_bundle=settings.kafka.read_max_records_per_bundle,
             max_bundle_seconds=settings.kafka.read_max_bundle_seconds,
+            stall_seconds=settings.kafka.client_stall_seconds,
         ),
     )
     lookups = Lookups(
@@ -183,7 +184,12 @@ def build_live_pipeline(
     )
     pipeline = beam.Pipeline(options=options)
     built = build_pipeline(
-        pipeline, settings, source, lambda name, topic: WriteToKafka(topic, client), registry, lookups
+        pipeline,
+        settings,
+        source,
+        lambda name, topic: WriteToKafka(topic, client, stall_seconds=settings.kafka.client_stall_seconds),
+        registry,
+        lookups,
     )
     built.written | "CommitOffsets" >> CommitOffsets(client, settings.kafka.consumer_group)
     return pipeline

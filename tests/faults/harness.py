@@ -116,6 +116,11 @@ class Load(threading.Thread):
         self.join(timeout=30)
         return self._publisher.close(120)
 
+    @property
+    def failed(self) -> int:
+        """Records whose delivery failed: a load that lost records would test less than the case says."""
+        return self._publisher.failed
+
 
 def sample(settings: PipelineSettings, seed: int, events: int, **shares: float) -> list[GeneratedRecord]:
     now_ms = int(time.time() * 1000)
@@ -230,9 +235,10 @@ def run_case(
         f"| {name} | {rec.records_in} | {rec.routed} | {rec.dead_lettered} | {rec.filtered} | "
         f"{sum(rec.duplicates.values())} | {len(rec.lost)} | {recovery:.1f} s |"
     )
-    print(RESULTS[-1], rec.line(), f"(launcher exit {code}, unacknowledged by Kafka {unacked})")
+    print(RESULTS[-1], rec.line(), f"(launcher exit {code}, unacknowledged by Kafka {unacked}, failed {load.failed})")
     print(f"  enrichment {dict(summary.enrichment)}; dead letters {dict(summary.dead_letter_codes)}")
     assert rec.ok, rec.line()
+    assert load.failed == 0 and unacked == 0, f"the load lost {load.failed} records and left {unacked} in doubt"
     assert code == 0, f"the launcher did not end cleanly (exit {code}):\n{pipeline.tail()}"
     assert not rec.lost and rec.records_in == sum(end.values())
     log = log_file.read_text(errors="replace")

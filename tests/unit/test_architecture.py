@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "transforms": {"schemas", "telemetry"},
     "kafkaio": {"schemas", "telemetry"},
     "beam_pipelines": {"schemas", "transforms"},
-    "ingestion": {"schemas", "telemetry"},  # file_sd registration of its /metrics
+    "ingestion": {"schemas", "telemetry", "kafkaio"},  # file_sd of its /metrics; the recovering producer
     "monitoring": {"schemas", "ingestion"},  # the lag exporter shares ingestion's consumer-lag reader
     "runners": {
         "schemas",

@@ -22,9 +22,11 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+import kafkaio.producer
 import kafkaio.sink
 import kafkaio.source
 from kafkaio.config import ClientConfig, KafkaConfigError
+from kafkaio.producer import RecoveringProducer
 from kafkaio.sink import KafkaWriteError, _WriteFn
 from kafkaio.source import (
     UNBOUNDED,
@@ -135,6 +137,7 @@ class FakeConsumer:
         self.consume_calls: list[int] = []
         self.commits: list[tuple[list[tuple[str, int, int]], bool]] = []
         self.closed = False
+        self.query_error: int | None = None  # what an uncached get_watermark_offsets raises, if anything
 
     def _high(self) -> int:
         if self.high is not None:
@@ -163,6 +166,8 @@ class FakeConsumer:
     def get_watermark_offsets(
         self, tp: TopicPartition, timeout: float | None = None, cached: bool = False
     ) -> tuple[int, int]:
+        if not cached and self.query_error is not None:
+            raise KafkaException(KafkaError(self.query_error))
         if cached:
             return self.low, self._high() if self.cached_high is None else self.cached_high
         return self.low, self._high()
@@ -362,6 +367,32 @@ def test_an_unknown_cached_high_watermark_does_not_move_the_watermark(consumers)
     assert run.estimator.current_watermark() == MIN_TIMESTAMP
 
 
+@pytest.mark.parametrize("broker_says", [{"high": 8}, {"query_error": KafkaError._UNKNOWN_PARTITION}])
+def test_a_consumer_that_returns_nothing_while_the_broker_has_more_is_replaced(consumers, broker_says):
+    """librdkafka can keep a partition leaderless after a broker restart: its consumer returns nothing and its
+    cached end offset (5) is stale, while the broker has records up to 8 (or the client cannot even ask)."""
+    fn = read_fn(read_config(stall_seconds=0.05))
+    stuck = make_consumer(consumers, fn, log=[record(n) for n in range(5)], cached_high=5, batches=[], **broker_says)
+    assert Run(fn, 5, UNBOUNDED).all() == []  # quiet from now on
+    time.sleep(0.06)
+    run = Run(fn, 5, UNBOUNDED)
+    assert run.all() == [] and run.residual() == OffsetRange(5, UNBOUNDED)
+    assert stuck.closed and PARTITION not in fn._consumers
+    Run(fn, 5, UNBOUNDED).all()
+    assert consumers[-1] is not stuck and consumers[-1].assigned == [
+        (TOPIC, PARTITION.partition, 5)
+    ]  # a new one reads on
+
+
+def test_a_quiet_partition_at_the_brokers_end_offset_keeps_its_consumer(consumers):
+    fn = read_fn(read_config(stall_seconds=0.05))
+    quiet = make_consumer(consumers, fn, log=[record(n) for n in range(5)], batches=[])
+    Run(fn, 5, UNBOUNDED).all()
+    time.sleep(0.06)
+    Run(fn, 5, UNBOUNDED).all()
+    assert not quiet.closed and fn._consumers[PARTITION][0] is quiet
+
+
 def test_a_bounded_range_whose_last_offsets_hold_no_record_is_completed_at_eof(consumers):
     fn = read_fn()
     # offsets 5 and 6 are transaction markers: the end offset found at start is 7, the last record is 4
@@ -512,21 +543,27 @@ def test_discovery_unbounded_emits_new_partitions_and_checks_again_later(consume
 
 
 class FakeProducer:
-    """Delivery reports are served by poll/flush; ``fail_keys`` get an error, ``hold`` records get none."""
+    """Delivery reports are served by poll/flush; ``fail_keys`` get an error, ``hold`` records get none, and the
+    first ``stuck`` producers made deliver nothing (a flush then blocks for its timeout, as librdkafka's does)."""
 
     instances: list["FakeProducer"] = []
     fail_keys: set[bytes] = set()
     hold = 0
     buffer_full = 0
+    stuck = 0
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
         self.produced: list[tuple[str, bytes | None, bytes]] = []
         self.pending: list[tuple[bytes | None, Any]] = []
         self.polls: list[float] = []
+        self.purged: list[Any] = []
+        self.is_stuck = len(FakeProducer.instances) < FakeProducer.stuck
         FakeProducer.instances.append(self)
 
-    def produce(self, topic: str, value: bytes = b"", key: bytes | None = None, on_delivery: Any = None) -> None:
+    def produce(
+        self, topic: str, value: bytes = b"", key: bytes | None = None, on_delivery: Any = None, timestamp: int = 0
+    ) -> None:
         if FakeProducer.buffer_full:
             FakeProducer.buffer_full -= 1
             raise BufferError("Local: Queue full")
@@ -541,10 +578,18 @@ class FakeProducer:
 
     def poll(self, timeout: float) -> int:
         self.polls.append(timeout)
-        return 0  # reports wait for flush (the usual case for a linger.ms batch)
+        for _, callback in self.purged:  # otherwise reports wait for flush (the usual case for a linger.ms batch)
+            callback(KafkaError(KafkaError._PURGE_QUEUE), None)
+        return len(self.purged)
+
+    def purge(self) -> None:
+        self.purged, self.pending = self.pending, []
 
     def flush(self, timeout: float) -> int:
-        self._serve(min(FakeProducer.hold, len(self.pending)))
+        if not self.is_stuck:
+            self._serve(min(FakeProducer.hold, len(self.pending)))
+        if self.pending:
+            time.sleep(timeout)
         return len(self.pending)
 
 
@@ -555,12 +600,13 @@ def producer(monkeypatch) -> type[FakeProducer]:
     monkeypatch.setattr(FakeProducer, "fail_keys", set())
     monkeypatch.setattr(FakeProducer, "hold", 0)
     monkeypatch.setattr(FakeProducer, "buffer_full", 0)
-    monkeypatch.setattr(kafkaio.sink, "Producer", FakeProducer)
+    monkeypatch.setattr(FakeProducer, "stuck", 0)
+    monkeypatch.setattr(kafkaio.producer, "Producer", FakeProducer)
     return FakeProducer
 
 
 def write(records: list[OutputRecord], topic: str = "t.out") -> _WriteFn:
-    fn = _WriteFn(topic, CLIENT, 1.0)
+    fn = _WriteFn(topic, CLIENT, 0.2, 0.05)
     fn.setup()
     fn.start_bundle()
     for item in records:
@@ -613,7 +659,7 @@ def test_sink_counts_restart_with_each_bundle(producer):
 def test_sink_hands_on_the_provenance_of_written_records_only_once_all_are_acknowledged(producer):
     first, second = Provenance(TOPIC, 2, 7, 9, 0, 2), Provenance(TOPIC, 2, 7, 9, 1, 2)
     window = GlobalWindow()
-    fn = _WriteFn("t.out", CLIENT, 1.0)
+    fn = _WriteFn("t.out", CLIENT, 0.2, 0.05)
     fn.setup()
     fn.start_bundle()
     fn.process(RECORDS[0]._replace(provenance=first), Timestamp(5), window)
@@ -631,6 +677,32 @@ def test_sink_hands_on_the_provenance_of_written_records_only_once_all_are_ackno
         list(fn.finish_bundle())
 
 
+def test_sink_a_producer_without_delivery_reports_is_replaced_and_the_records_sent_again(producer):
+    """librdkafka can leave a partition leaderless for good after a broker restart: a flush that hears nothing for
+    stall_seconds must not wait out the whole flush timeout on that producer."""
+    producer.stuck = 1
+    parts = [Provenance(TOPIC, 0, n, n, 0, 1) for n in range(3)]
+    fn = _WriteFn("t.out", CLIENT, 5.0, 0.05)
+    fn.setup()
+    fn.start_bundle()
+    for record, part in zip(RECORDS, parts, strict=True):
+        fn.process(record._replace(provenance=part), Timestamp(1), GlobalWindow())
+    started = time.monotonic()
+    handed_on = [wv.value for wv in fn.finish_bundle()]
+    assert time.monotonic() - started < 1.0  # replaced after 0.05 s, not after the 5 s flush timeout
+    stuck, fresh = producer.instances
+    assert len(stuck.purged) == 3 and fresh.produced == stuck.produced  # every record sent again, in order
+    assert handed_on == parts  # each handed on once; the purged copies' error reports are no failure
+
+
+def test_sink_a_producer_stuck_through_the_flush_timeout_still_fails_the_bundle(producer):
+    producer.stuck = 10**6  # every replacement is stuck as well
+    fn = write(RECORDS)
+    with pytest.raises(KafkaWriteError, match="0 failed and 3 unacknowledged of 3 records to t.out"):
+        list(fn.finish_bundle())
+    assert 3 <= len(producer.instances) <= 6  # one per 0.05 s stall within the 0.2 s flush timeout
+
+
 def test_sink_a_full_queue_is_waited_out_not_dropped(producer):
     producer.buffer_full = 2
     fn = write(RECORDS[:1])
@@ -638,6 +710,40 @@ def test_sink_a_full_queue_is_waited_out_not_dropped(producer):
     made = producer.instances[0]
     assert made.produced == [("t.out", b"k0", b"v0")]
     assert made.polls[:2] == [0.1, 0.1]
+
+
+# --- the recovering producer (under the sink and the ingestion publisher) ---------------------------------------
+
+
+def test_a_report_the_replaced_producer_still_delivers_is_passed_on_once(producer):
+    producer.stuck = 2
+    reports: list[KafkaError | None] = []
+    recovering = RecoveringProducer({}, stall_seconds=0.05)
+    recovering.produce("t.out", b"v", b"k", on_delivery=lambda err, msg: reports.append(err))
+    assert recovering.flush(0.07) == 1 and recovering.replacements == 1
+    stuck, fresh = producer.instances
+    stuck.purged[0][1](None, None)  # the old producer's copy is acknowledged after all (it was in flight)
+    fresh.is_stuck = False
+    assert recovering.flush(1.0) == 0  # the new producer's copy is acknowledged too
+    assert reports == [None] and fresh.produced == stuck.produced
+
+
+def test_a_record_past_its_delivery_timeout_fails_instead_of_being_sent_again(producer):
+    producer.stuck = 1
+    reports: list[KafkaError | None] = []
+    recovering = RecoveringProducer({"delivery.timeout.ms": 50}, stall_seconds=0.1)
+    recovering.produce("t.out", b"v", b"k", timestamp=5, on_delivery=lambda err, msg: reports.append(err))
+    assert recovering.flush(0.2) == 0
+    assert [err.code() for err in reports] == [KafkaError._MSG_TIMED_OUT]
+    assert producer.instances[1].produced == []  # not sent again
+
+
+def test_a_producer_idle_for_long_is_not_replaced_on_its_next_record(producer):
+    recovering = RecoveringProducer({}, stall_seconds=0.05)
+    time.sleep(0.1)  # nothing outstanding: quiet, not stalled
+    recovering.produce("t.out", b"v", b"k")
+    recovering.poll(0)
+    assert recovering.replacements == 0 and recovering.outstanding == 1
 
 
 # --- configuration and secrets ---------------------------------------------------------------------------------
@@ -668,7 +774,7 @@ def test_pickled_configuration_and_read_fn_hold_no_secret(consumers):
     assert made.start_offset(PARTITION) == 10  # the metadata consumer now holds the resolved configuration
     assert made._consumer.config["sasl.password"] == SECRET
 
-    for obj in (CLIENT, fn, _DiscoverPartitionsFn(made, config), _WriteFn("t.out", CLIENT, 1.0)):
+    for obj in (CLIENT, fn, _DiscoverPartitionsFn(made, config), _WriteFn("t.out", CLIENT, 1.0, 15.0)):
         data = pickle.dumps(obj)
         assert SECRET.encode() not in data
         assert SECRET_ENV.encode() in data  # only the variable's name travels
