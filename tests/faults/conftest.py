@@ -57,3 +57,14 @@ def fault_stack() -> Iterator[FaultStack]:
     finally:
         for component in reversed(stack):
             component.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The cases' table, in every run's summary (a passing test's own output is captured)."""
+    from tests.faults.harness import RESULTS
+
+    if RESULTS:
+        terminalreporter.section("fault cases")
+        terminalreporter.write_line("| case | in | routed | dead-lettered | filtered | duplicates | lost | recovery |")
+        for row in RESULTS:
+            terminalreporter.write_line(row)

@@ -8,16 +8,9 @@ import psycopg
 import pytest
 
 from runners.live import LiveSummary
-from tests.faults.harness import RESULTS, run_case, sample
+from tests.faults.harness import run_case, sample
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def table():
-    yield
-    print("\n| case | in | routed | dead-lettered | filtered | duplicates | lost | recovery |")
-    print("\n".join(RESULTS))
 
 
 def test_broker_stopped_for_20s(fault_stack):
