@@ -23,11 +23,13 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
 - A broker that is down or restarting is waited out, not failed on: librdkafka reconnects by itself, so a
   transient error (``is_transient``) ends the slice and the partition is polled again after a short delay;
   partition discovery likewise tries again at its next interval. Only permanent errors fail the bundle.
-- A partition that gave no record for ``stall_seconds`` is checked against the broker's end offset; when the
-  broker has records past the position (or cannot say), the partition gets a new consumer. Why: after a broker
-  restart librdkafka can keep a partition leaderless for good (librdkafka issue #5430): measured in the broker
-  fault case, a reader's consumer then returned nothing while 1,382 records waited, and its stale cached end
-  offset made the partition look caught up.
+- A partition whose polls have waited ``stall_seconds`` in all without a record is checked against the broker's
+  end offset; when the broker has records past the position (or cannot say), the partition gets a new consumer.
+  Why: after a broker restart librdkafka can keep a partition leaderless for good (librdkafka issue #5430):
+  measured in the broker fault case, a reader's consumer then returned nothing while 1,382 records waited, and
+  its stale cached end offset made the partition look caught up. Time spent waiting in polls, not wall time:
+  on a backlog the runner may not schedule a partition for longer than that, and a healthy consumer's first
+  poll after such a pause can come back empty.
 """
 
 import logging
@@ -364,8 +366,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
     def setup(self) -> None:
         # partition -> (consumer, the offset it returns next)
         self._consumers: dict[KafkaPartition, tuple[Consumer, int]] = {}
-        # partition -> monotonic time since which it gave no record (or of its last stall check)
-        self._quiet_since: dict[KafkaPartition, float] = {}
+        # partition -> seconds its polls waited without a record since its last record (or last stall check)
+        self._waited_empty: dict[KafkaPartition, float] = {}
         self._read = beam.metrics.Metrics.counter("kafkaio", f"records_read[{self._config.topic}]")
         serve_worker_metrics()
 
@@ -387,6 +389,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         deadline = time.monotonic() + config.max_bundle_seconds
         at_end = False  # the consumer reached the partition's end offset (PARTITION_EOF)
         idle = False  # a poll returned nothing (no record yet: the partition may still be filling)
+        waited_empty = 0.0  # how long that poll waited
         broker_down = False  # a transient error: librdkafka reconnects, this partition is polled again later
         budget = config.max_records_per_bundle
         records_in = RECORDS_IN.labels(element.topic, str(element.partition))
@@ -399,8 +402,11 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
         ):
             if time.monotonic() >= deadline:
                 break
+            polled_at = time.monotonic()
             messages = consumer.consume(min(500, budget - (position - restriction.start)), config.poll_timeout_seconds)
             idle = not messages
+            if idle:
+                waited_empty = time.monotonic() - polled_at
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -440,8 +446,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             tracker.defer_remainder(Duration(seconds=_RETRY_DELAY_S))
             return
         if position > restriction.start:
-            self._quiet_since[element] = time.monotonic()
-        elif idle and self._replaced_if_stalled(consumer, element, position):
+            self._waited_empty[element] = 0.0
+        elif idle and self._replaced_if_stalled(consumer, element, position, waited_empty):
             tracker.defer_remainder(Duration(seconds=0))
             return
         caught_up = at_end or (idle and self._caught_up(consumer, element, position))
@@ -449,13 +455,14 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             watermark.advance_if_idle(config.idle_timeout_seconds)
         tracker.defer_remainder(Duration(seconds=config.poll_timeout_seconds if caught_up else 0))
 
-    def _replaced_if_stalled(self, consumer: Consumer, partition: KafkaPartition, position: int) -> bool:
-        """Once per ``stall_seconds`` without records: drops the consumer if the broker has records past
+    def _replaced_if_stalled(self, consumer: Consumer, partition: KafkaPartition, position: int, waited: float) -> bool:
+        """Once per ``stall_seconds`` of empty polls: drops the consumer if the broker has records past
         ``position`` (or cannot say), so the next slice reads with a new one; True when it did."""
-        now = time.monotonic()
-        if now - self._quiet_since.setdefault(partition, now) < self._config.stall_seconds:
+        waited += self._waited_empty.get(partition, 0.0)
+        self._waited_empty[partition] = waited
+        if waited < self._config.stall_seconds:
             return False
-        self._quiet_since[partition] = now
+        self._waited_empty[partition] = 0.0
         tp = TopicPartition(partition.topic, partition.partition)
         try:
             _, end = consumer.get_watermark_offsets(tp, timeout=_STALL_QUERY_TIMEOUT_S, cached=False)
@@ -465,7 +472,8 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             if end <= position:
                 return False  # caught up: the partition is quiet, not stuck
         _LOG.warning(
-            "no record from %s[%d] for %.0f s at offset %d, end offset %s: reading it with a new consumer",
+            "polls of %s[%d] waited %.0f s without a record at offset %d, end offset %s: reading it with a new "
+            "consumer",
             partition.topic,
             partition.partition,
             self._config.stall_seconds,

@@ -154,7 +154,10 @@ class FakeConsumer:
         assert self.position is not None, "consume before assign"
         self.consume_calls.append(num_messages)
         if self.batches is not None:
-            return self.batches.pop(0) if self.batches else []
+            if self.batches:
+                return self.batches.pop(0)
+            time.sleep(timeout)  # an empty poll waits its timeout, as librdkafka's does
+            return []
         out = [m for m in self.log if m.offset() >= self.position][:num_messages]
         if out:
             self.position = out[-1].offset() + 1
@@ -367,29 +370,39 @@ def test_an_unknown_cached_high_watermark_does_not_move_the_watermark(consumers)
     assert run.estimator.current_watermark() == MIN_TIMESTAMP
 
 
+STALL = {"stall_seconds": 0.05, "poll_timeout_seconds": 0.03}  # the second empty poll in a row passes the stall
+
+
 @pytest.mark.parametrize("broker_says", [{"high": 8}, {"query_error": KafkaError._UNKNOWN_PARTITION}])
 def test_a_consumer_that_returns_nothing_while_the_broker_has_more_is_replaced(consumers, broker_says):
     """librdkafka can keep a partition leaderless after a broker restart: its consumer returns nothing and its
     cached end offset (5) is stale, while the broker has records up to 8 (or the client cannot even ask)."""
-    fn = read_fn(read_config(stall_seconds=0.05))
+    fn = read_fn(read_config(**STALL))
     stuck = make_consumer(consumers, fn, log=[record(n) for n in range(5)], cached_high=5, batches=[], **broker_says)
-    assert Run(fn, 5, UNBOUNDED).all() == []  # quiet from now on
-    time.sleep(0.06)
+    assert Run(fn, 5, UNBOUNDED).all() == [] and not stuck.closed  # one empty poll proves nothing
     run = Run(fn, 5, UNBOUNDED)
     assert run.all() == [] and run.residual() == OffsetRange(5, UNBOUNDED)
     assert stuck.closed and PARTITION not in fn._consumers
     Run(fn, 5, UNBOUNDED).all()
-    assert consumers[-1] is not stuck and consumers[-1].assigned == [
-        (TOPIC, PARTITION.partition, 5)
-    ]  # a new one reads on
+    assert consumers[-1] is not stuck and consumers[-1].assigned == [(TOPIC, PARTITION.partition, 5)]  # reads on
+
+
+def test_a_partition_the_runner_did_not_schedule_for_a_while_keeps_its_consumer(consumers):
+    """On a backlog the runner may leave a partition alone for longer than the stall; the first poll after such a
+    pause may come back empty. Time not spent polling is no stall."""
+    fn = read_fn(read_config(**STALL))
+    healthy = make_consumer(consumers, fn, log=[record(n) for n in range(5)], high=8, batches=[[record(0)]])
+    assert offsets(Run(fn, 0, UNBOUNDED).all()) == [0]
+    time.sleep(0.1)
+    Run(fn, 1, UNBOUNDED).all()  # empty, while the broker has more
+    assert not healthy.closed and fn._consumers[PARTITION][0] is healthy
 
 
 def test_a_quiet_partition_at_the_brokers_end_offset_keeps_its_consumer(consumers):
-    fn = read_fn(read_config(stall_seconds=0.05))
+    fn = read_fn(read_config(**STALL))
     quiet = make_consumer(consumers, fn, log=[record(n) for n in range(5)], batches=[])
-    Run(fn, 5, UNBOUNDED).all()
-    time.sleep(0.06)
-    Run(fn, 5, UNBOUNDED).all()
+    for _ in range(3):
+        Run(fn, 5, UNBOUNDED).all()
     assert not quiet.closed and fn._consumers[PARTITION][0] is quiet
 
 
