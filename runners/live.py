@@ -383,8 +383,9 @@ def run_live(
     say(f"pipeline {state} after {seconds:.1f}s")
     if state == PipelineState.FAILED:
         return 1
+    # The final progress line, also for a job shorter than one progress interval.
+    say(f"[{seconds:6.1f}s] " + _progress(settings, input_start, None if follow else input_end, outputs_before))
     if follow or duration_seconds is not None:
-        say(_progress(settings, input_start, None, outputs_before))
         say(beam_metrics.render(beam_metrics.read_beam_metrics(result)))
         return 0
     summary = summarize(settings, registry, input_start, input_end, outputs_before, seconds)
