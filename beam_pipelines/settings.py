@@ -66,8 +66,9 @@ class KafkaSettings(_Frozen):
     client_stall_seconds: float = Field(
         15.0,
         gt=0,
-        description="A reader partition or a writer flush without progress this long, while Kafka has records "
-        "for it, gets a new Kafka client (librdkafka can keep a partition leaderless after a broker restart).",
+        description="A reader partition whose polls waited this long without a record while Kafka has more, or "
+        "a writer with records outstanding and no delivery report this long, gets a new Kafka client (librdkafka "
+        "can keep a partition leaderless after a broker restart).",
     )
     partitions: int = Field(6, ge=1, description="Partitions of topics the local stack creates.")
     retention_hours: int = Field(168, ge=1, description="Retention of topics the local stack creates.")

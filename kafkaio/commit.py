@@ -166,7 +166,9 @@ class _CommitFn(beam.DoFn):
         with self._ledgers.lock:
             ledger = self._ledgers.by_partition.setdefault(key, ledger)
             before = ledger.position
-            moved = any([ledger.acknowledge(ack) for ack in acks])
+            moved = False
+            for ack in acks:  # every ack is recorded: no short cut once one moved the position
+                moved = ledger.acknowledge(ack) or moved
         if moved:
             self._moved[partition] = ledger.position
             self._committed.inc(ledger.position - before)

@@ -124,7 +124,8 @@ class ReadConfig(BaseModel):
     stall_seconds: float = Field(
         15.0,
         gt=0,
-        description="A partition without records this long, while the broker has more, gets a new consumer.",
+        description="A partition whose polls waited this long in all without a record, while the broker has "
+        "more, gets a new consumer.",
     )
 
     @model_validator(mode="after")
