@@ -370,3 +370,15 @@ def test_java_kafka_on_dataflow_keeps_the_workers_containers() -> None:
 def test_java_kafka_is_refused_on_local_runners() -> None:
     with pytest.raises(PreflightError, match="flink or dataflow"):
         java_kafka_expansion_args(RunnerSettings(runner="prism", kafka_io="java"))
+
+
+def test_prism_patches_are_explained_and_a_changed_set_is_a_new_build():
+    from runners.prism import BEAM_VERSION, prism_binary_path, prism_patches
+
+    patches = prism_patches(BEAM_VERSION)
+    assert patches, f"runners/prism_patches/{BEAM_VERSION}/ is empty: nothing to build Prism with"
+    for patch in patches:
+        header, _, diff = patch.read_text().partition("\n--- a/")
+        assert len(header.split()) > 20 and diff, f"{patch.name}: a header saying why, then the diff"
+    assert prism_binary_path(BEAM_VERSION).parent.name.startswith(f"{BEAM_VERSION}-patched-")
+    assert prism_binary_path("0.0.0").parent.name == "0.0.0"  # no patches: the plain go install build
