@@ -18,7 +18,11 @@ Shape: ``Impulse -> discover partitions (SDF over partition numbers) -> read par
   partition with no new record for ``idle_timeout_seconds`` advances its watermark to wall-clock time
   minus that timeout, so an idle partition cannot hold windows back forever; records that arrive later
   than that are late data downstream.
-- New partitions of the topic are discovered every ``discovery_interval_seconds`` while running.
+- New partitions of the topic are discovered every ``discovery_interval_seconds`` while running. A runner
+  may resume a deferred remainder before the delay it was given (Prism 2.76 ignores the delay): the
+  discovery then waits out the rest of the interval itself, in steps of at most a second, instead of
+  asking the broker again. Measured on Prism before this: 8,213 discovery bundles (each a metadata
+  request) in a 38 s run, which held the worker's GIL for 35 s of it.
 - ``restriction_size`` reports the backlog (end offset - position) to the runner.
 - A broker that is down or restarting is waited out, not failed on: librdkafka reconnects by itself, so a
   transient error (``is_transient``) ends the slice and the partition is polled again after a short delay;
@@ -80,6 +84,7 @@ _TRANSIENT = {
     *_NO_LEADER_YET,
 }
 _RETRY_DELAY_S = 1.0
+_EARLY_RESUME_WAIT_S = 1.0  # longest a discovery resumed early waits in one bundle
 _STALL_QUERY_TIMEOUT_S = 2.0
 
 
@@ -250,6 +255,9 @@ class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
     def restriction_coder(self) -> PickleCoder:
         return PickleCoder()
 
+    def setup(self) -> None:
+        self._next_discovery = 0.0  # time.monotonic() when the broker is asked again
+
     def process(
         self,
         element: Any,
@@ -259,12 +267,17 @@ class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
         ),
     ) -> Iterator[KafkaPartition]:
         restriction = tracker.current_restriction()
+        if restriction.stop == UNBOUNDED and not self._due():  # resumed before its delay (see the module doc)
+            self._advance(watermark)
+            tracker.defer_remainder(Duration(seconds=self._config.discovery_interval_seconds))
+            return
         try:
             count = min(self._clients.partition_count(), restriction.stop)
         except KafkaException as err:
             if restriction.stop != UNBOUNDED or not is_transient(err.args[0]):
                 raise
             _LOG.warning("partition discovery of %s: %s; trying again later", self._config.topic, err)
+            self._next_discovery = time.monotonic() + self._config.discovery_interval_seconds
             tracker.defer_remainder(Duration(seconds=self._config.discovery_interval_seconds))
             return
         for number in range(restriction.start, count):
@@ -273,11 +286,23 @@ class _DiscoverPartitionsFn(beam.DoFn, RestrictionProvider):
             yield KafkaPartition(self._config.topic, number)
         if restriction.stop != UNBOUNDED:
             return
+        self._advance(watermark)
+        self._next_discovery = time.monotonic() + self._config.discovery_interval_seconds
+        tracker.defer_remainder(Duration(seconds=self._config.discovery_interval_seconds))
+
+    def _due(self) -> bool:
+        """Whether the next discovery is due, after waiting up to ``_EARLY_RESUME_WAIT_S`` for it."""
+        early = self._next_discovery - time.monotonic()
+        if early > 0:
+            time.sleep(min(early, _EARLY_RESUME_WAIT_S))
+        return time.monotonic() >= self._next_discovery
+
+    @staticmethod
+    def _advance(watermark: ManualWatermarkEstimator) -> None:
         # The descriptors hold nothing back: the partitions' own watermarks do.
         now = Timestamp.now()
         if watermark.current_watermark() is None or watermark.current_watermark() < now:
             watermark.set_watermark(now)
-        tracker.defer_remainder(Duration(seconds=self._config.discovery_interval_seconds))
 
 
 # --- partition reading ---------------------------------------------------------------------------------------

@@ -537,10 +537,16 @@ def test_discovery_with_stop_at_end_emits_each_partition_once_and_finishes(consu
     assert tracker.deferred_status() is None
 
 
+def discovery(tracker: ThreadsafeRestrictionTracker, fn: _DiscoverPartitionsFn, watermark=None) -> list:
+    view = RestrictionTrackerView(tracker)
+    return list(fn.process(b"", tracker=view, watermark=watermark or ManualWatermarkEstimator(None)))
+
+
 def test_discovery_unbounded_emits_new_partitions_and_checks_again_later(consumers):
-    config = read_config()
+    config = read_config(discovery_interval_seconds=0.05)
     made = clients(config, partitions=2)
     fn = _DiscoverPartitionsFn(made, config)
+    fn.setup()
     tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(fn.initial_restriction(b"")))
     emitted = list(fn.process(b"", tracker=RestrictionTrackerView(tracker), watermark=ManualWatermarkEstimator(None)))
     assert emitted == [KafkaPartition(TOPIC, 0), KafkaPartition(TOPIC, 1)]
@@ -548,8 +554,26 @@ def test_discovery_unbounded_emits_new_partitions_and_checks_again_later(consume
 
     made.consumer.partitions = 4  # two partitions added
     tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(OffsetRange(2, UNBOUNDED)))
-    emitted = list(fn.process(b"", tracker=RestrictionTrackerView(tracker), watermark=ManualWatermarkEstimator(None)))
-    assert emitted == [KafkaPartition(TOPIC, 2), KafkaPartition(TOPIC, 3)]
+    assert discovery(tracker, fn) == [KafkaPartition(TOPIC, 2), KafkaPartition(TOPIC, 3)]  # after the interval
+
+
+def test_discovery_resumed_before_its_delay_waits_and_does_not_ask_the_broker(consumers, monkeypatch):
+    # Prism 2.76 resumes a deferred remainder at once, whatever delay it was given.
+    config = read_config(discovery_interval_seconds=10.0)
+    made = clients(config, partitions=2)
+    fn = _DiscoverPartitionsFn(made, config)
+    fn.setup()
+    discovery(ThreadsafeRestrictionTracker(OffsetRestrictionTracker(OffsetRange(0, UNBOUNDED))), fn)
+    sleeps: list[float] = []
+    monkeypatch.setattr("kafkaio.source.time.sleep", sleeps.append)
+    monkeypatch.setattr(made.consumer, "list_topics", lambda *a, **k: pytest.fail("asked the broker early"))
+
+    tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(OffsetRange(2, UNBOUNDED)))
+    watermark = ManualWatermarkEstimator(None)
+    assert discovery(tracker, fn, watermark) == []
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= 1.0  # a bounded wait, not the whole interval in one bundle
+    assert tracker.deferred_status()[0] == OffsetRange(2, UNBOUNDED)  # nothing claimed, checked again later
+    assert watermark.current_watermark() is not None  # the descriptors still hold no watermark back
 
 
 # --- sink ------------------------------------------------------------------------------------------------------
