@@ -325,9 +325,12 @@ def _share(got: int | None, want: int) -> str:
     return "-" if got is None else f"{got / max(1, want):.1%}"
 
 
-def print_table(rows: list[tuple[System, Measured, str]], expected: Expected) -> None:
-    rates = {s.name: m.rate for s, m, _ in rows}
-    base = rates.get(SYSTEMS["raw"].name) or (rows[0][1].rate if rows else 1.0)
+Row = tuple[System, Measured | None, str]  # None: the system did not finish (its verdict says why)
+
+
+def print_table(rows: list[Row], expected: Expected) -> None:
+    rates = {s.name: m.rate for s, m, _ in rows if m is not None}
+    base = rates.get(SYSTEMS["raw"].name) or next(iter(rates.values()), 1.0)
     avro = rates.get(SYSTEMS["avro"].name)  # not in every run: then its column is "-"
     print(
         f"\n{expected.records:,} records (6 partitions); expected: "
@@ -340,6 +343,11 @@ def print_table(rows: list[tuple[System, Measured, str]], expected: Expected) ->
     )
     print(head)
     for system, m, ok in rows:
+        if m is None:
+            print(
+                f"{system.name:<26}{'-':>10}{'-':>8}{'-':>8}{'-':>8}{'-':>9}{'-':>9}{'-':>24}{'-':>20}{'-':>10}  {ok}"
+            )
+            continue
         lat = "".join(
             f"{'/'.join(f'{v:.0f}' for v in m.latency[load]):>{w}}" if load in m.latency else f"{'-':>{w}}"
             for load, w in ((50, 24), (80, 20))
@@ -352,7 +360,9 @@ def print_table(rows: list[tuple[System, Measured, str]], expected: Expected) ->
         )
 
 
-def plot(rows: list[tuple[System, Measured, str]], path: Path) -> None:
+def plot(rows: list[Row], path: Path) -> None:
+    """Throughput bars and latency percentiles of the systems that finished."""
+    rows = [(s, m, ok) for s, m, ok in rows if m is not None]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,14 +430,24 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             system = SYSTEMS[key]
             print(f"[{system.name}] draining {len(records):,} records ...", flush=True)
-            m, topics = bench.throughput(key, system, input_topic, expected.records)
+            try:
+                m, topics = bench.throughput(key, system, input_topic, expected.records)
+            except (RuntimeError, TimeoutError) as failure:  # the others still run; the table says which failed
+                print(f"[{system.name}] FAILED: {failure}", flush=True)
+                rows.append((system, None, f"FAILED: {failure}"))
+                continue
             if "window_metrics" in topics.outputs:
                 m.window_events = bench.window_events(topics.outputs["window_metrics"], expected.window_cut_ms)
             ok = verdict(system, m, expected)
             print(f"[{system.name}] {m.rate:,.0f} events/s, {ok}", flush=True)
             if args.latency_seconds > 0:
                 for load in (50, 80):
-                    m.latency[load] = bench.latency(key, system, m.rate * load / 100, args.latency_seconds, load)
+                    try:
+                        m.latency[load] = bench.latency(key, system, m.rate * load / 100, args.latency_seconds, load)
+                    except (RuntimeError, TimeoutError) as failure:
+                        ok = f"latency @{load}% FAILED: {failure}"
+                        print(f"[{system.name}] {ok}", flush=True)
+                        break
                     print(f"[{system.name}] latency @{load}%: p50/p99/p999 {m.latency[load]} ms", flush=True)
             rows.append((system, m, ok))
         print_table(rows, expected)

@@ -46,3 +46,20 @@ def test_profile_samples_are_summed_per_stage_inclusive_and_per_kind_of_code(tmp
     assert total == 8
     assert stages == Counter({"decode": 4, "write (Kafka sink)": 4})
     assert kinds["fastavro (Avro)"] == 3 and kinds["Beam coders"] == 1
+
+
+def test_a_system_that_did_not_finish_is_a_failed_row_and_the_others_still_print_and_plot(tmp_path, capsys):
+    from benchmarks.end_to_end import SYSTEMS, Measured, plot, print_table
+    from benchmarks.workload import Expected
+
+    expected = Expected(1000, {"events": 900, "filtered": 50, "dead_letters": 50}, 0, 800)
+    finished = Measured(records=1000, seconds=2.0, wall=3.0, cpu=1.0, peak_rss=2**20, counts={"events": 1000})
+    rows = [(SYSTEMS["raw"], finished, "ok"), (SYSTEMS["beam"], None, "FAILED: 10/1000 records written after 5s")]
+    print_table(rows, expected)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("raw passthrough") and "500" in line and "ok" in line for line in lines)
+    assert any(
+        line.startswith("beam on prism") and line.endswith("FAILED: 10/1000 records written after 5s") for line in lines
+    )
+    plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
