@@ -135,6 +135,7 @@ class FakeConsumer:
         self.eof_sent_at: int | None = None
         self.assigned: list[tuple[str, int, int]] = []
         self.consume_calls: list[int] = []
+        self.timeouts: list[float] = []  # of each consume call
         self.commits: list[tuple[list[tuple[str, int, int]], bool]] = []
         self.closed = False
         self.query_error: int | None = None  # what an uncached get_watermark_offsets raises, if anything
@@ -153,6 +154,7 @@ class FakeConsumer:
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         assert self.position is not None, "consume before assign"
         self.consume_calls.append(num_messages)
+        self.timeouts.append(timeout)
         if self.batches is not None:
             if self.batches:
                 return self.batches.pop(0)
@@ -368,6 +370,19 @@ def test_an_unknown_cached_high_watermark_does_not_move_the_watermark(consumers)
     run = Run(fn, 0, UNBOUNDED, state=(MIN_TIMESTAMP, time.time() - 60))
     assert run.all() == []
     assert run.estimator.current_watermark() == MIN_TIMESTAMP
+
+
+def test_a_poll_waits_only_when_no_partition_read_records_and_then_the_partitions_share_the_timeout(consumers):
+    """Prism runs the partitions one after another in one bundle: a quiet partition must not hold up the rest."""
+    fn = read_fn(read_config(poll_timeout_seconds=0.2))
+    quiet = make_consumer(consumers, fn, log=[record(n) for n in range(5)], batches=[])
+    other = KafkaPartition(TOPIC, PARTITION.partition + 1)
+    fn._had_records[other] = True  # its last slice read records
+    Run(fn, 5, UNBOUNDED).all()
+    assert quiet.timeouts == [0.0]
+    fn._had_records[other] = False  # now every partition's last slice came back empty
+    Run(fn, 5, UNBOUNDED).all()
+    assert quiet.timeouts[-1] == pytest.approx(0.2 / 2)  # one poll timeout per round over both partitions
 
 
 STALL = {"stall_seconds": 0.05, "poll_timeout_seconds": 0.03}  # the second empty poll in a row passes the stall
