@@ -58,7 +58,8 @@ class KafkaSettings(_Frozen):
     read_max_records_per_bundle: int = Field(
         100,
         ge=1,
-        description="Records the reader takes from a partition per bundle (on Prism 1000 ran at 0.76x of 100).",
+        description="Records the reader takes from a partition per bundle. On patched Prism, 500k backlog: 1000 "
+        "drained 1.55x as fast as 100, but its p99 latency at 80 % load was 4.5 s against 1.3 s.",
     )
     read_max_bundle_seconds: float = Field(
         0.5, gt=0, description="Longest a reader bundle of one partition runs (the latency bound of a small batch)."
