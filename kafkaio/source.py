@@ -472,6 +472,7 @@ class _ReadPartitionFn(beam.DoFn, RestrictionProvider):
             # records) are claimed too, so the restriction is done.
             if position < restriction.stop:
                 tracker.try_claim(restriction.stop - 1)
+            self._had_records.pop(element, None)  # done: it must not keep the others' polls from waiting
             return
         if broker_down:  # records after the error in that batch were not emitted: seek back to ``position``
             self._consumers[element] = (consumer, -1)

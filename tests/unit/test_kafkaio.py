@@ -429,6 +429,7 @@ def test_a_bounded_range_whose_last_offsets_hold_no_record_is_completed_at_eof(c
     assert offsets(run.all()) == [0, 1, 2, 3, 4]
     run.tracker.check_done()
     assert run.residual() is None
+    assert PARTITION not in fn._had_records  # a finished partition does not stop the others' polls waiting
 
 
 def test_a_bounded_range_with_gaps_claims_only_what_it_read(consumers):
