@@ -10,13 +10,16 @@ same local broker, one after another on the same cores, and writes its outputs t
                       logical work: decode, validate + filter, route, 1-minute tumbling counts, dead letters
 Throughput: records / (last - first output timestamp) while it drains the pre-filled topic. Latency: a second
 and third run fed at 50% and 80% of that rate; Kafka timestamp of the input to that of the routed output.
-CPU seconds and peak RSS are of the system's processes (Prism's job server included for the pipeline).
+CPU seconds and peak RSS are of the system's processes (Prism's job server included for the pipeline). Every
+run on Prism gets a job server of its own, started fresh: Prism keeps each finished job's state in memory (GBs
+after a few 500k jobs), which would slow and bloat the runs after it.
 Correctness: every system's per-record outputs (events, orders, alerts, filtered, dead letters) must equal what
 the generator's labels give; "windowed" is the share of the events the closed 1-minute windows counted. That
 share is not pass/fail: reading a backlog, each system's event-time progress depends on how it interleaves the
 partitions, so events a little late may fall behind its watermark (and very late ones may not).
 
-``python -m benchmarks.end_to_end [--events N] [--systems a,b] [--latency-seconds S]`` (needs ``make up``).
+``python -m benchmarks.end_to_end [--events N] [--systems a,b] [--latency-seconds S] [--prism BINARY]``
+(needs ``make up``).
 """
 
 import argparse
@@ -182,8 +185,9 @@ class Measured:
 
 
 class Bench:
-    def __init__(self, stack: StackSettings, run_id: str, timeout: float):
+    def __init__(self, stack: StackSettings, run_id: str, timeout: float, prism: Path | None = None):
         self.stack = stack
+        self.prism = prism
         self.settings = load_settings(overrides=(f"kafka.bootstrap_servers={stack.kafka_bootstrap}",))
         self.run_id = run_id
         self.timeout = timeout
@@ -196,7 +200,16 @@ class Bench:
         ensure_topics(self.stack.kafka_bootstrap, outputs.values(), partitions=PARTITIONS)
         return Topics(input_topic, f"{prefix}.group", outputs)
 
+    def fresh_job_server(self) -> None:
+        """Replaces the stack's Prism job server by a new one, of ``--prism`` if given, else of the stack's build."""
+        server = PrismJobServer(self.stack, binary=self.prism)
+        server.stop()
+        server.start()
+        self.prism_pid = server.pid
+
     def start(self, system: System, topics: Topics) -> subprocess.Popen:
+        if system.uses_prism:
+            self.fresh_job_server()
         env = {**os.environ, "PYTHONPATH": str(REPO), **system.env}
         with open(stack_path("bench", f"{self.run_id}-{topics.group}.log"), "wb") as log:
             return subprocess.Popen(
@@ -360,9 +373,11 @@ def print_table(rows: list[Row], expected: Expected) -> None:
         )
 
 
-def plot(rows: list[Row], path: Path) -> None:
-    """Throughput bars and latency percentiles of the systems that finished."""
+def plot(rows: list[Row], path: Path) -> bool:
+    """Throughput bars and latency percentiles of the systems that finished; False when none did."""
     rows = [(s, m, ok) for s, m, ok in rows if m is not None]
+    if not rows:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,6 +404,7 @@ def plot(rows: list[Row], path: Path) -> None:
     right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=15.0, help="length of each paced feed (0: skip)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a system after this many seconds")
     parser.add_argument("--plot", type=Path, default=stack_path("bench", "end_to_end.png"))
+    parser.add_argument(
+        "--prism",
+        type=Path,
+        help="a Prism binary to run the systems on Prism on, for an A/B of a Prism patch (default: the stack's "
+        "build; the stack's job server runs that build again when the bench ends)",
+    )
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.systems.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SYSTEMS]
@@ -412,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no broker/registry on the stack ports; start the local stack with `make up`", file=sys.stderr)
         return 2
     run_id = uuid.uuid4().hex[:6]
-    bench = Bench(stack, run_id, args.timeout)
+    bench = Bench(stack, run_id, args.timeout, args.prism)
     if any(SYSTEMS[k].uses_prism for k in keys) and bench.prism_pid is None:
         print("error: Prism's job server is not running; start the local stack with `make up`", file=sys.stderr)
         return 2
@@ -452,12 +474,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((system, m, ok))
         print_table(rows, expected)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot(rows, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}" if plot(rows, args.plot) else "no plot: no system finished")
         return 0 if all(ok == "ok" for _, _, ok in rows) else 1
     finally:
         deleted = delete_topics(stack.kafka_bootstrap, f"bench-{run_id}.")
         print(f"deleted {len(deleted)} benchmark topics")
+        if args.prism and bench.prism_pid is not None:
+            bench.prism = None
+            bench.fresh_job_server()  # the stack's own build again
 
 
 if __name__ == "__main__":

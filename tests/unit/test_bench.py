@@ -61,5 +61,39 @@ def test_a_system_that_did_not_finish_is_a_failed_row_and_the_others_still_print
     assert any(
         line.startswith("beam on prism") and line.endswith("FAILED: 10/1000 records written after 5s") for line in lines
     )
-    plot(rows, tmp_path / "plot.png")
+    assert plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+    assert not plot(rows[1:], tmp_path / "none.png")  # no system finished: nothing to plot, and no crash
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_every_run_on_prism_gets_a_fresh_job_server_of_the_chosen_build(monkeypatch, tmp_path):
+    from benchmarks import end_to_end
+
+    servers = []
+
+    class FakeServer:
+        def __init__(self, stack, *, binary=None):
+            self.binary, self.pid, self.calls = binary, 100 + len(servers), []
+            servers.append(self)
+
+        def stop(self):
+            self.calls.append("stop")
+
+        def start(self):
+            self.calls.append("start")
+
+    monkeypatch.setattr(end_to_end, "PrismJobServer", FakeServer)
+    monkeypatch.setattr(end_to_end, "load_settings", lambda overrides: None)
+    monkeypatch.setattr(end_to_end, "ConfluentRegistry", lambda url: None)
+    monkeypatch.setattr(end_to_end, "stack_path", lambda *parts: tmp_path / "-".join(parts))
+    monkeypatch.setattr(end_to_end.subprocess, "Popen", lambda argv, **kw: argv)
+    bench = end_to_end.Bench(end_to_end.StackSettings(), "run", 10.0, prism=tmp_path / "prism-ab")
+    topics = end_to_end.Topics("in", "group", {"events": "out"})
+    bench.start(end_to_end.SYSTEMS["raw"], topics)
+    assert len(servers) == 1  # only the pid of the stack's server was looked up
+    bench.start(end_to_end.SYSTEMS["beam"], topics)
+    bench.start(end_to_end.SYSTEMS["beam-nodedupe"], topics)
+    assert [s.calls for s in servers[1:]] == [["stop", "start"], ["stop", "start"]]
+    assert {s.binary for s in servers[1:]} == {tmp_path / "prism-ab"}
+    assert bench.prism_pid == servers[-1].pid
