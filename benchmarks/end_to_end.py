@@ -200,16 +200,16 @@ class Bench:
         ensure_topics(self.stack.kafka_bootstrap, outputs.values(), partitions=PARTITIONS)
         return Topics(input_topic, f"{prefix}.group", outputs)
 
-    def fresh_job_server(self) -> None:
-        """Replaces the stack's Prism job server by a new one, of ``--prism`` if given, else of the stack's build."""
-        server = PrismJobServer(self.stack, binary=self.prism)
+    def fresh_job_server(self, binary: Path | None) -> None:
+        """Replaces the stack's Prism job server by a new one of ``binary`` (None: the stack's build)."""
+        server = PrismJobServer(self.stack, binary=binary)
         server.stop()
         server.start()
         self.prism_pid = server.pid
 
     def start(self, system: System, topics: Topics) -> subprocess.Popen:
         if system.uses_prism:
-            self.fresh_job_server()
+            self.fresh_job_server(self.prism)
         env = {**os.environ, "PYTHONPATH": str(REPO), **system.env}
         with open(stack_path("bench", f"{self.run_id}-{topics.group}.log"), "wb") as log:
             return subprocess.Popen(
@@ -480,8 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         deleted = delete_topics(stack.kafka_bootstrap, f"bench-{run_id}.")
         print(f"deleted {len(deleted)} benchmark topics")
         if args.prism and bench.prism_pid is not None:
-            bench.prism = None
-            bench.fresh_job_server()  # the stack's own build again
+            bench.fresh_job_server(None)  # the stack's own build again
 
 
 if __name__ == "__main__":
