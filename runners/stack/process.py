@@ -130,17 +130,26 @@ class ManagedProcess:
             time.sleep(0.2)
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
+            while time.monotonic() < deadline + 10 and _alive(pid):
+                time.sleep(0.2)
         self.pid_file.unlink(missing_ok=True)
         return True
 
 
 def _alive(pid: int) -> bool:
+    """Whether any thread of ``pid`` still runs. Its main thread can be a zombie while other threads are still
+    exiting (and holding its sockets: Prism stopped this way still listened on its port), so all are looked at."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    for task in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            if task.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        except OSError:  # that thread is gone
+            continue
+    return False
 
 
 def _start_time(pid: int) -> str | None:
