@@ -50,6 +50,7 @@ class GeneratorConfig:
     v1_share: float = 0.3
     max_skew_seconds: int = 300
     too_late_after_seconds: int = 900  # beyond window size + allowed lateness of the default settings
+    future_seconds: int = 3600  # how far ahead of ``now_ms`` an invalid "from the future" event claims to be
 
 
 class GeneratedRecord(NamedTuple):
@@ -153,7 +154,7 @@ class _Session:
         )
 
 
-def _corrupt(rng: random.Random, event: ClickEvent, now_ms: int) -> ClickEvent:
+def _corrupt(rng: random.Random, event: ClickEvent, future_ms: int) -> ClickEvent:
     choice = rng.randrange(5)
     if choice == 0:
         return event._replace(event_type="purchase", product_id=event.product_id or "p00001", amount_minor=None)
@@ -162,7 +163,7 @@ def _corrupt(rng: random.Random, event: ClickEvent, now_ms: int) -> ClickEvent:
     if choice == 2:
         return event._replace(amount_minor=-500, currency="EUR")
     if choice == 3:
-        return event._replace(event_time=now_ms + 3_600_000)
+        return event._replace(event_time=future_ms)
     return event._replace(amount_minor=1000, currency="euro")
 
 
@@ -271,7 +272,7 @@ def _draw(rng: random.Random, config: GeneratorConfig, event: ClickEvent, now_ms
             break
         roll -= share
     if kind == "invalid":
-        event = _corrupt(rng, event, now_ms)
+        event = _corrupt(rng, event, now_ms + config.future_seconds * 1000)
     elif kind == "late":
         delay_ms = rng.randint(30_000, config.max_skew_seconds * 1000)
     elif kind == "too_late":

@@ -10,6 +10,7 @@ from benchmarks.profile_pipeline import summarize
 from benchmarks.workload import ROUTED_KINDS, expected_outputs, workload_config
 from ingestion.generator import generate
 from schemas.registry import InMemoryRegistry
+from schemas.rules import ValidationConfig, rejection
 
 
 def test_every_record_has_exactly_one_per_record_output_in_the_expectation():
@@ -21,6 +22,16 @@ def test_every_record_has_exactly_one_per_record_output_in_the_expectation():
     assert 0 < expected.per_record["high_value_alerts"] < expected.per_record["orders"] < expected.per_record["events"]
     assert 0 < expected.window_events < expected.per_record["events"]
     assert kinds["duplicate"] == 0  # not every peer deduplicates
+
+
+def test_the_workloads_invalid_events_stay_invalid_for_a_day_of_benchmarking():
+    # The rules compare event times with the wall clock; a bench of several systems runs for hours.
+    now_ms = 1_800_000_000_000
+    records = generate(workload_config(3000), InMemoryRegistry(), now_ms=now_ms)
+    invalid = [r.event for r in records if r.kind == "invalid"]
+    later = [rejection(e, ValidationConfig(), now_ms + 24 * 3_600_000) for e in invalid]
+    assert [code for code, _ in filter(None, later)].count("event_time_in_future") > 10
+    assert None not in later
 
 
 def test_the_sampler_counts_the_cpu_of_a_child_process():
